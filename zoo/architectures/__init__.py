@@ -1,0 +1,1 @@
+"""Pure Keras 3 builders (Functional API only, no Lambda layers)."""

@@ -1,0 +1,99 @@
+"""Exception types raised by the zoo.
+
+Every error a user can cause (a bad input file, a missing modality, an unknown entry, a bad
+weights file) raises a subclass of :class:`ZooError`. Messages name the offending file or
+value, what was found, what was expected and what to do about it. The CLI prints the message
+as one line and exits non-zero; the Python API lets the exception propagate.
+"""
+
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base class of every error raised on purpose by the zoo."""
+
+
+# --- inputs ------------------------------------------------------------------------------
+class InputError(ZooError, ValueError):
+    """An input image (file, array or image object) cannot be used as given."""
+
+
+class InputNotFoundError(InputError, FileNotFoundError):
+    """An input path does not exist."""
+
+
+class UnreadableImageError(InputError):
+    """A file exists but is empty, truncated or not an image format we can read."""
+
+
+class DimensionError(InputError):
+    """An image has the wrong number of dimensions (e.g. 2D or 4D where 3D is expected)."""
+
+
+class NonFiniteError(InputError):
+    """An image contains NaN or infinite voxel values."""
+
+
+class ConstantImageError(InputError):
+    """An image (or its brain mask) is constant, so it cannot be normalised."""
+
+
+class GeometryError(InputError):
+    """Voxel spacing or orientation is unusable: zero/negative spacing, non-orthogonal affine."""
+
+
+class GridMismatchError(InputError):
+    """Two inputs that must share a voxel grid (e.g. FLAIR and T1) do not."""
+
+
+class MissingModalityError(InputError, LookupError):
+    """A modality the model variant needs was not given, or an unknown one was given."""
+
+
+class VolumeTooLargeError(InputError, MemoryError):
+    """An input is larger than the configured memory budget."""
+
+
+# --- registry, cards, weights ------------------------------------------------------------
+class UnknownEntryError(ZooError, LookupError):
+    """No entry of that name is registered."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a key
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownVariantError(UnknownEntryError):
+    """The entry has no variant of that name."""
+
+
+class CardError(ZooError):
+    """A model card file is missing, is not valid YAML or fails its JSON schema."""
+
+
+class WeightsError(ZooError):
+    """Weights cannot be resolved, downloaded, verified or loaded."""
+
+
+class WeightsNotAvailableError(WeightsError):
+    """No weights file was found in any source (explicit path, cache, bundled folder, URLs)."""
+
+
+class ChecksumError(WeightsError):
+    """A weights (or sample) file's sha256 differs from the one stated in the card."""
+
+
+class DownloadError(WeightsError):
+    """A download failed (network, HTTP status, interrupted transfer)."""
+
+
+# --- outputs and metrics -------------------------------------------------------------------
+class OutputError(ZooError):
+    """An output cannot be written (it would overwrite an input, or the folder is unusable)."""
+
+
+class MetricError(ZooError, ValueError):
+    """Metric inputs are inconsistent (different grids, values outside the allowed range)."""
+
+
+class RecipeError(ZooError):
+    """A training recipe is missing or fails its schema."""

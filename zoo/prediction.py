@@ -1,0 +1,85 @@
+"""The result of a prediction: outputs as images on the input's own grid, volumes and QC."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+
+from zoo import errors
+from zoo.io import _refuse_protected
+
+
+@dataclass
+class Prediction:
+    """Outputs of one prediction.
+
+    Attributes:
+        images: output name -> ``nibabel.Nifti1Image`` on the reference input's grid, with its
+            affine and a copy of its header (e.g. ``"wmh"`` uint8 labels and
+            ``"wmh_probability"`` float32 for ``wmh_ensemble``).
+        volumes_ml: structure name -> volume in millilitres (mL), from the label outputs.
+        qc: quality-control values and flags (e.g. ``{"brain_slices": 140}``).
+        timing_s: seconds spent per stage (``read``, ``preprocess``, ``network``, ``invert``).
+        entry, variant, card_version: what produced it.
+        input_paths: input files; :meth:`save` refuses to overwrite any of them.
+    """
+
+    images: dict[str, nib.Nifti1Image]
+    volumes_ml: dict[str, float]
+    entry: str
+    variant: str
+    card_version: str
+    qc: dict[str, Any] = field(default_factory=dict)
+    timing_s: dict[str, float] = field(default_factory=dict)
+    input_paths: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (no voxel data)."""
+        return {"entry": self.entry, "variant": self.variant, "card_version": self.card_version,
+                "volumes_ml": dict(self.volumes_ml), "qc": dict(self.qc),
+                "timing_s": {k: round(v, 3) for k, v in self.timing_s.items()},
+                "outputs": sorted(self.images), "inputs": [str(p) for p in self.input_paths]}
+
+    def save(self, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
+        """Write every output as ``<out_dir>/<prefix><name>.nii.gz`` plus
+        ``<prefix>prediction.json`` (the :meth:`to_dict` summary).
+
+        All files are first written to temporary files in ``out_dir`` and renamed only when
+        every one of them was written, so a failure leaves no partial output behind.
+
+        Returns:
+            output name (and ``"summary"``) -> written path.
+        Raises:
+            OutputError: a destination is an input file, or ``out_dir`` is not a folder.
+        """
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise errors.OutputError(f"output folder {out} exists and is not a folder")
+        targets = {name: out / f"{prefix}{name}.nii.gz" for name in self.images}
+        targets["summary"] = out / f"{prefix}prediction.json"
+        for dest in targets.values():
+            _refuse_protected(dest, self.input_paths)
+        out.mkdir(parents=True, exist_ok=True)
+        temps: dict[str, str] = {}
+        try:
+            for name, dest in targets.items():
+                suffix = ".json" if name == "summary" else ".nii.gz"
+                fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=out)
+                os.close(fd)
+                temps[name] = tmp
+                if name == "summary":
+                    Path(tmp).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+                else:
+                    nib.save(self.images[name], tmp)
+            for name, tmp in temps.items():
+                os.replace(tmp, targets[name])
+        finally:
+            for tmp in temps.values():
+                Path(tmp).unlink(missing_ok=True)
+        return targets

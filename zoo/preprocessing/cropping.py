@@ -1,0 +1,56 @@
+"""Centred crop/pad of 2D slices to a fixed in-plane size, with its exact inverse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CenterCropPad:
+    """Centre crop or pad each in-plane axis of ``(N, H, W, ...)`` slices to ``size`` (spec
+    ``wmh_ensemble.md`` §4 step 4).
+
+    For an axis of length ``s`` and target ``t``: if ``s > t`` crop starting at
+    ``floor((s - t) / 2)``; if ``s < t`` pad ``floor((t - s) / 2)`` before and the rest after.
+    """
+
+    in_size: tuple[int, int]
+    size: tuple[int, int]
+
+    def _offsets(self, axis: int) -> tuple[int, int]:
+        s, t = self.in_size[axis], self.size[axis]
+        if s >= t:
+            return (s - t) // 2, 0  # crop start, pad before
+        return 0, (t - s) // 2
+
+    def forward(self, slices: np.ndarray, pad_value: float | np.ndarray = 0.0) -> np.ndarray:
+        """``(N, H, W, ...)`` -> ``(N, size[0], size[1], ...)``; padding takes ``pad_value``
+        (a scalar, or one value per trailing channel)."""
+        n = slices.shape[0]
+        out_shape = (n, *self.size, *slices.shape[3:])
+        out = np.empty(out_shape, dtype=slices.dtype)
+        out[...] = pad_value
+        src, dst = [slice(None)], [slice(None)]
+        for axis in (0, 1):
+            crop, pad = self._offsets(axis)
+            length = min(self.in_size[axis], self.size[axis])
+            src.append(slice(crop, crop + length))
+            dst.append(slice(pad, pad + length))
+        out[tuple(dst)] = slices[tuple(src)]
+        return out
+
+    def inverse(self, slices: np.ndarray, fill_value: float = 0.0) -> np.ndarray:
+        """``(N, size[0], size[1], ...)`` -> ``(N, H, W, ...)``; regions that were cropped away
+        get ``fill_value`` (probability 0, spec §10 step 1)."""
+        n = slices.shape[0]
+        out = np.full((n, *self.in_size, *slices.shape[3:]), fill_value, dtype=slices.dtype)
+        src, dst = [slice(None)], [slice(None)]
+        for axis in (0, 1):
+            crop, pad = self._offsets(axis)
+            length = min(self.in_size[axis], self.size[axis])
+            dst.append(slice(crop, crop + length))
+            src.append(slice(pad, pad + length))
+        out[tuple(dst)] = slices[tuple(src)]
+        return out

@@ -1,0 +1,124 @@
+"""The registry: entry name -> card + builder + prediction; ``list``, ``card`` and ``load``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from zoo import errors, weights as weights_mod
+from zoo.card import ModelCard
+from zoo.model import ZooModel
+
+log = logging.getLogger(__name__)
+
+#: Entry id -> module implementing ``build_members(card, variant)`` and ``predict(model, volumes)``.
+ENTRIES: dict[str, str] = {
+    "wmh_ensemble": "zoo.entries.wmh_ensemble",
+}
+
+#: Sentinel for "resolve weights from the card" (cache, bundled folder, URLs).
+DEFAULT = "default"
+
+
+def _check(name: str) -> str:
+    if name not in ENTRIES:
+        raise errors.UnknownEntryError(
+            f"unknown entry {name!r}; available entries: {', '.join(sorted(ENTRIES))} (see zoo.list())")
+    return name
+
+
+def card(name: str) -> ModelCard:
+    """The validated model card of entry ``name``. Raises UnknownEntryError, CardError."""
+    return ModelCard.bundled(_check(name))
+
+
+def list_entries() -> pd.DataFrame:
+    """One row per registered entry: name, task, modalities, version, variants, weights status."""
+    rows = []
+    for name in sorted(ENTRIES):
+        c = card(name)
+        default = c.variant(None)
+        rows.append({
+            "name": name,
+            "task": c["task"],
+            "modalities": ", ".join(i["modality"] for i in c["inputs"] if not i["optional"]),
+            "version": c.version,
+            "variants": ", ".join(c["variants"]),
+            "default_variant": c["default_variant"],
+            "weights": _weights_status(default["weights"]),
+        })
+    return pd.DataFrame(rows, columns=["name", "task", "modalities", "version", "variants",
+                                       "default_variant", "weights"])
+
+
+def _weights_status(records: list[dict]) -> str:
+    if not records:
+        return "none shipped"
+    if all(weights_mod.bundled_path(r["file"]) is not None for r in records):
+        return "bundled"
+    return "download" if all(r.get("urls") for r in records) else "missing"
+
+
+def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
+         options: Mapping[str, Any] | None = None) -> ZooModel:
+    """Load an entry: build its Keras members and load their weights.
+
+    Args:
+        name: entry id (``zoo.list()``).
+        variant: variant name (default: the card's ``default_variant``).
+        weights: ``"default"`` resolves the card's weight files (explicit > user cache
+            ``$ZOO_HOME`` > bundled ``weights/`` > the card's URLs, each sha256-checked);
+            ``None`` builds the untrained architecture; a folder, a file, a list of files or an
+            http(s) URL loads those (a folder holds ``member0.npz``, ``member1.npz``, ...).
+        options: paper-vs-code switches from the card's ``options`` (e.g.
+            ``{"threshold": 0.45, "mask_method": "nonzero"}``).
+    Returns:
+        :class:`~zoo.model.ZooModel`.
+    Raises:
+        UnknownEntryError, UnknownVariantError, CardError, WeightsNotAvailableError,
+        ChecksumError, WeightsError.
+    """
+    c = card(name).with_options(options)
+    rec = c.variant(variant)
+    variant = variant or c["default_variant"]
+    entry = importlib.import_module(ENTRIES[name])
+    models = entry.build_members(c, variant)
+    if weights is None:
+        return ZooModel(c, variant, models, entry, None)
+    paths, checksums = _weight_paths(c, variant, rec["weights"], weights, len(models))
+    for model, path, digest in zip(models, paths, checksums):
+        weights_mod.load_weights(model, path, sha256=digest)
+    return ZooModel(c, variant, models, entry, [str(p) for p in paths])
+
+
+def _weight_paths(c: ModelCard, variant: str, records: list[dict], weights: Any,
+                  n_members: int) -> tuple[list[Path], list[str | None]]:
+    explicit = None if weights == DEFAULT else weights
+    if records:
+        paths = weights_mod.resolve(records, c.id, variant, explicit=explicit)
+        return list(paths), [r["sha256"] for r in records]
+    if explicit is None:
+        raise errors.WeightsNotAvailableError(
+            f"{c.id} (variant {variant}) ships no trained weights in card version {c.version}. "
+            f"Pass weights='folder/with/member0.npz...' (e.g. from `zoo train` or converted from the "
+            f"authors' Keras 2 .h5 files with zoo.weights.convert_keras2_h5_files), or weights=None "
+            f"for the untrained architecture")
+    if isinstance(explicit, (list, tuple)):
+        paths = [Path(p) for p in explicit]
+    else:
+        p = Path(os.fspath(explicit))
+        paths = [p / f"member{i}.npz" for i in range(n_members)] if p.is_dir() else [p]
+    if len(paths) != n_members:
+        raise errors.WeightsError(
+            f"{c.id} (variant {variant}) has {n_members} members but {len(paths)} weight file(s) "
+            f"were given: {[str(p) for p in paths]}")
+    for p in paths:
+        if not p.is_file():
+            raise errors.WeightsNotAvailableError(f"weights file not found: {p}")
+    log.warning("%s: loading weights without a card checksum (%s)", c.id, ", ".join(map(str, paths)))
+    return paths, [None] * len(paths)
