@@ -1,0 +1,646 @@
+"""Segmentation metrics with exact, documented definitions (``specs/metrics.md`` §1–4, §8).
+
+Every metric takes binary masks on the **same voxel grid**. Arrays are in nibabel's voxel axis
+order ``(i, j, k)``; slices are along ``k``. Physical points are ``affine @ (i, j, k, 1)`` with a
+4x4 RAS voxel-to-world affine in mm (for distances this equals the SimpleITK formula
+``origin + direction · (spacing ⊙ index)``, as the LPS/RAS flip preserves lengths).
+Everything is computed in float64.
+
+``empty_policy`` selects what happens when a mask is empty:
+
+* ``"zoo"`` (default): the recommended values of ``metrics.md`` §8 (e.g. DSC 1.0 when both masks
+  are empty, NaN for undefined distances, never a silent penalty value);
+* ``"compat"``: the behaviour of the WMH Segmentation Challenge's official evaluator
+  (Kuijf et al., IEEE TMI 2019, ``hjkuijf/wmhchallenge`` ``evaluation.py``), including its NaNs.
+  Where that evaluator crashes, :class:`zoo.errors.MetricError` is raised and says so.
+
+Public functions:
+
+* :func:`wmh_challenge`: the five WMH challenge metrics from label images (paths, images,
+  ``(array, affine)`` tuples), with the challenge's label handling and binarisation (§2.1).
+* :func:`dice`, :func:`h95_wmh_mm`, :func:`abs_vol_diff_pct`, :func:`lesion_recall`,
+  :func:`lesion_f1`, :func:`vol_similarity`, :func:`hd95_mm`: the same metrics on boolean masks.
+* :func:`challenge_rank_scores`: the challenge's normalised rank score (§2.6).
+* :func:`summarise`: mean ± SD and median [IQR] with the NaN count (§7, §8).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+
+from zoo import errors
+from zoo.io import Volume, read_volume
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EMPTY_POLICIES",
+    "LESION_F1_MODES",
+    "wmh_challenge",
+    "dice",
+    "h95_wmh_mm",
+    "abs_vol_diff_pct",
+    "lesion_recall",
+    "lesion_f1",
+    "vol_similarity",
+    "hd95_mm",
+    "challenge_rank_scores",
+    "summarise",
+]
+
+EMPTY_POLICIES = ("zoo", "compat")
+LESION_F1_MODES = ("official", "legacy_2017_07")
+
+#: 2D in-plane erosion of the WMH evaluator: full 3x3 square in the i-j plane, none along k.
+_INPLANE_3x3 = np.ones((3, 3, 1), dtype=bool)
+#: 3D 6-connected structuring element (face neighbours) for ``hd95_mm`` boundaries.
+_CROSS_6 = ndi.generate_binary_structure(3, 1)
+#: 26-connectivity for lesion components (SimpleITK ``FullyConnected=True``).
+_FULL_26 = np.ones((3, 3, 3), dtype=bool)
+
+#: Prediction binarisation bounds of the WMH evaluator (inclusive).
+_PRED_MAX = 1000.0
+#: Largest distance (mm) between the grid corners of reference and prediction affines (§8).
+_AFFINE_TOL_MM = 1e-4
+
+_CRASH = "the official WMH evaluator crashes here"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _check_policy(empty_policy: str) -> None:
+    if empty_policy not in EMPTY_POLICIES:
+        raise errors.MetricError(
+            f"empty_policy must be one of {EMPTY_POLICIES}, got {empty_policy!r}")
+
+
+def _as_mask(x: Any, name: str) -> np.ndarray:
+    """A boolean copy/view of ``x``; non-boolean input must hold only 0 and 1."""
+    a = np.asarray(x)
+    if a.dtype == bool:
+        return a
+    if a.dtype.kind not in "iuf":
+        raise errors.MetricError(f"{name}: a binary mask is expected, got dtype {a.dtype}")
+    if not ((a == 0) | (a == 1)).all():
+        raise errors.MetricError(
+            f"{name}: a binary mask (values 0/1) is expected, found other values "
+            f"(range {a.min()}..{a.max()}); threshold it first (card threshold, or "
+            "wmh_challenge for the WMH rules)")
+    return a.astype(bool)
+
+
+def _pair(g: Any, p: Any, ndim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    g, p = _as_mask(g, "reference"), _as_mask(p, "prediction")
+    if g.shape != p.shape:
+        raise errors.MetricError(
+            f"reference shape {g.shape} differs from prediction shape {p.shape}; metrics need "
+            "both masks on the same voxel grid (resample the prediction to the reference first)")
+    if ndim is not None and g.ndim != ndim:
+        raise errors.MetricError(f"a {ndim}D mask is expected, got shape {g.shape}")
+    return g, p
+
+
+def _as_affine(affine_or_spacing: Any) -> np.ndarray:
+    """A 4x4 float64 voxel-to-world affine from an affine or a 3-vector of spacings (mm)."""
+    a = np.asarray(affine_or_spacing, dtype=np.float64)
+    if a.shape == (3,):
+        if not (np.isfinite(a).all() and (a > 0).all()):
+            raise errors.MetricError(f"voxel spacing must be finite and positive, got {a}")
+        out = np.eye(4)
+        out[:3, :3] = np.diag(a)
+        return out
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise errors.MetricError(
+            f"a finite 4x4 affine or 3 voxel spacings (mm) are expected, got shape {a.shape}")
+    if np.linalg.norm(a[:3, :3], axis=0).min() <= 1e-6:
+        raise errors.MetricError("the affine has a zero-length voxel axis (zero spacing)")
+    return a
+
+
+def _spacing_of(affine: np.ndarray) -> np.ndarray:
+    """Column norms of the affine (mm per voxel step along i, j, k); requires orthogonality."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    cols = affine[:3, :3] / spacing
+    if not np.allclose(cols.T @ cols, np.eye(3), atol=1e-3):
+        raise errors.MetricError(
+            "the affine is not orthogonal (sheared); a distance transform on the voxel grid "
+            "needs orthogonal axes; reslice onto an orthogonal grid first")
+    return spacing
+
+
+def _crop(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``margin`` voxels, clipped to the array."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(int(idx[0]) - margin, 0),
+                         min(int(idx[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def _boundary(x: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``X − erode(X)`` with voxels outside the image counted as foreground.
+
+    Exact on a crop: the crop keeps a one-voxel margin of real background wherever it does
+    not reach the image edge, so erosion sees the same neighbourhood as on the full image.
+    """
+    out = np.zeros(x.shape, dtype=bool)
+    if not x.any():
+        return out
+    box = _crop(x, margin=1)
+    sub = x[box]
+    out[box] = sub & ~ndi.binary_erosion(sub, structure=structure, border_value=1)
+    return out
+
+
+def _points_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World coordinates (mm, shape ``(N, 3)``) of the voxel centres in ``mask``."""
+    ijk = np.argwhere(mask).astype(np.float64)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _empty_surface_case(n_g: int, n_p: int, empty_policy: str, what: str) -> float | None:
+    """NaN / error for the empty-mask cases of the surface distances (§2.2, §8)."""
+    if n_p == 0:  # reference behaviour: NaN whenever nothing is predicted
+        return math.nan
+    if n_g == 0:
+        if empty_policy == "compat":
+            raise errors.MetricError(
+                f"{what}: the reference mask is empty and the prediction is not; {_CRASH} "
+                "(empty KD-tree). Use empty_policy='zoo' to get NaN with a flag")
+        log.debug("%s: empty reference, non-empty prediction -> NaN", what)
+        return math.nan
+    return None
+
+
+def _boundary_empty(bg: np.ndarray, bp: np.ndarray, empty_policy: str, what: str) -> bool:
+    """A non-empty mask with no boundary voxel (it fills every slice or the whole image)."""
+    if bg.any() and bp.any():
+        return False
+    if empty_policy == "compat":
+        raise errors.MetricError(
+            f"{what}: a non-empty mask has no boundary voxels (it fills the whole image "
+            f"plane); {_CRASH} (empty point set)")
+    log.warning("%s: a non-empty mask has no boundary voxels -> NaN", what)
+    return True
+
+
+# --- §1 DSC ------------------------------------------------------------------------------
+def dice(g: Any, p: Any, empty_policy: str = "zoo") -> float:
+    """Dice similarity coefficient ``2|G ∩ P| / (|G| + |P|)`` (``metrics.md`` §1).
+
+    Args:
+        g, p: reference and prediction masks of equal shape (any axis order, but the same
+            for both); boolean, or numeric holding only 0 and 1.
+        empty_policy: ``"zoo"``: both empty → 1.0; ``"compat"``: both empty → NaN, computed
+            as ``1 − scipy.spatial.distance.dice`` like the WMH evaluator (Kuijf et al. 2019).
+            Exactly one empty → 0.0 in both.
+    Returns:
+        DSC in [0, 1] (a fraction, not %).
+    Raises:
+        MetricError: shapes differ, non-binary input or unknown ``empty_policy``.
+    """
+    _check_policy(empty_policy)
+    g, p = _pair(g, p)
+    ntt = int(np.count_nonzero(g & p))
+    n_g, n_p = int(np.count_nonzero(g)), int(np.count_nonzero(p))
+    total = n_g + n_p
+    if total == 0:
+        return math.nan if empty_policy == "compat" else 1.0
+    if empty_policy == "compat":  # the evaluator's arithmetic: 1 − (ntf + nft)/(2ntt + ntf + nft)
+        return 1.0 - (total - 2 * ntt) / float(total)
+    return 2.0 * ntt / float(total)
+
+
+# --- §2.2 H95 ----------------------------------------------------------------------------
+def h95_wmh_mm(g: Any, p: Any, affine: Any, empty_policy: str = "zoo") -> float:
+    """WMH challenge H95: 95th-percentile modified Hausdorff distance in mm (``metrics.md`` §2.2).
+
+    Boundaries are ``X − erode(X)`` with a **2D in-plane** 3x3 erosion in the ``i``–``j``
+    plane (none along ``k``; outside the image counts as foreground), as SimpleITK
+    ``BinaryErode(X, (1, 1, 0))`` in the official evaluator (Kuijf et al., IEEE TMI 2019).
+    Boundary voxel centres are mapped to mm with the **reference** affine; directed
+    nearest-neighbour distances come from a KD-tree (exact), and the result is
+    ``max(P95(d_P), P95(d_G))`` with NumPy's linear percentile.
+
+    Args:
+        g, p: reference and prediction masks, shape ``(I, J, K)`` (nibabel voxel order;
+            slices along ``k``), boolean or 0/1.
+        affine: the reference's 4x4 voxel-to-world affine (mm), or 3 voxel spacings (mm).
+        empty_policy: |P| = 0 → NaN in both policies. |G| = 0 with |P| > 0: ``"zoo"`` → NaN
+            (:func:`wmh_challenge` flags it); ``"compat"`` → MetricError (the evaluator
+            crashes).
+    Returns:
+        H95 in mm (float), or NaN as above.
+    Raises:
+        MetricError: shapes differ, not 3D, non-binary input, bad affine, or the compat crash
+        cases (including a non-empty mask without boundary voxels).
+    """
+    _check_policy(empty_policy)
+    g, p = _pair(g, p, ndim=3)
+    aff = _as_affine(affine)
+    special = _empty_surface_case(int(np.count_nonzero(g)), int(np.count_nonzero(p)),
+                                  empty_policy, "h95_wmh_mm")
+    if special is not None:
+        return special
+    bg, bp = _boundary(g, _INPLANE_3x3), _boundary(p, _INPLANE_3x3)
+    if _boundary_empty(bg, bp, empty_policy, "h95_wmh_mm"):
+        return math.nan
+    pts_g, pts_p = _points_mm(bg, aff), _points_mm(bp, aff)
+    d_p = cKDTree(pts_g).query(pts_p, k=1, eps=0, p=2)[0]  # each P point → nearest G point
+    d_g = cKDTree(pts_p).query(pts_g, k=1, eps=0, p=2)[0]
+    return float(max(np.percentile(d_p, 95), np.percentile(d_g, 95)))
+
+
+# --- §2.3 AVD ----------------------------------------------------------------------------
+def abs_vol_diff_pct(g: Any, p: Any, empty_policy: str = "zoo") -> float:
+    """WMH absolute volume difference ``|V_G − V_P| / V_G × 100`` in % (``metrics.md`` §2.3).
+
+    Volumes are voxel counts on the shared grid (equal to the mm³ ratio). Not symmetric:
+    the reference volume is the denominator. (Not "average Hausdorff distance".)
+
+    Args:
+        g, p: reference and prediction masks of equal shape, boolean or 0/1.
+        empty_policy: V_G = 0: ``"zoo"`` → NaN; ``"compat"`` → MetricError (the official
+            evaluator, Kuijf et al. 2019, divides by zero).
+    Returns:
+        AVD in percent (0 = equal volumes; 100 when nothing is predicted).
+    Raises:
+        MetricError: shapes differ, non-binary input, or V_G = 0 in compat mode.
+    """
+    _check_policy(empty_policy)
+    g, p = _pair(g, p)
+    v_g, v_p = float(np.count_nonzero(g)), float(np.count_nonzero(p))
+    if v_g == 0:
+        if empty_policy == "compat":
+            raise errors.MetricError(
+                f"abs_vol_diff_pct: the reference volume is 0; {_CRASH} (division by zero). "
+                "Use empty_policy='zoo' to get NaN")
+        return math.nan
+    return abs(v_g - v_p) / v_g * 100.0
+
+
+# --- §2.4, §2.5 lesion detection ---------------------------------------------------------
+def _lesion_counts(g: np.ndarray, p: np.ndarray) -> tuple[int, int, int, int]:
+    """(N_G, #detected G lesions, N_P, #P components touching G), 26-connectivity."""
+    lab_g, n_g = ndi.label(g, structure=_FULL_26)
+    lab_p, n_p = ndi.label(p, structure=_FULL_26)
+    both = g & p
+    detected = int(np.count_nonzero(np.bincount(lab_g[both], minlength=n_g + 1)[1:]))
+    hitting = int(np.count_nonzero(np.bincount(lab_p[both], minlength=n_p + 1)[1:]))
+    return int(n_g), detected, int(n_p), hitting
+
+
+def lesion_recall(g: Any, p: Any) -> float:
+    """Lesion-wise recall of the WMH challenge (``metrics.md`` §2.4).
+
+    Lesions are 3D connected components of G with 26-connectivity (SimpleITK
+    ``ConnectedComponentImageFilter``, ``FullyConnected=True``). A reference lesion is
+    detected if at least one predicted voxel lies in it.
+
+    Args:
+        g, p: reference and prediction masks of equal shape ``(I, J, K)``, boolean or 0/1.
+    Returns:
+        ``#detected / N_G`` in [0, 1]; 1.0 when G has no lesion (same in both policies).
+    Raises:
+        MetricError: shapes differ or non-binary input.
+    """
+    g, p = _pair(g, p)
+    n_g, detected, _, _ = _lesion_counts(g, p)
+    return 1.0 if n_g == 0 else detected / float(n_g)
+
+
+def _lesion_f1_from_counts(n_g: int, detected: int, n_p: int, hitting: int, mode: str,
+                           empty_policy: str) -> float:
+    if mode == "official":
+        recall = 1.0 if n_g == 0 else detected / float(n_g)
+        precision = 1.0 if n_p == 0 else hitting / float(n_p)
+        if precision + recall == 0.0:
+            return 0.0
+        return 2.0 * (precision * recall) / (precision + recall)
+    # legacy_2017_07: precision uses the recall numerator; no guard against zero denominators
+    if n_g == 0 or n_p == 0 or detected == 0:
+        if empty_policy == "compat":
+            raise errors.MetricError(
+                f"lesion_f1 (legacy_2017_07): N_G={n_g}, N_P={n_p}, detected={detected}; the "
+                "July 2017 evaluator divides by zero here. Use empty_policy='zoo' for NaN or "
+                "mode='official'")
+        return math.nan
+    recall = detected / float(n_g)
+    precision = detected / float(n_p)
+    return 2.0 * (precision * recall) / (precision + recall)
+
+
+def lesion_f1(g: Any, p: Any, mode: str = "official", empty_policy: str = "zoo") -> float:
+    """Lesion-wise F1 of the WMH challenge (``metrics.md`` §2.5).
+
+    Components of G and P use 26-connectivity. ``recall`` is :func:`lesion_recall`.
+
+    * ``mode="official"`` (evaluator revision 2017-08-11 and later, Kuijf et al. 2019):
+      ``precision = #(P components overlapping G) / N_P`` (1.0 if N_P = 0);
+      ``F1 = 2PR/(P + R)``, 0 if P + R = 0. Same in both policies.
+    * ``mode="legacy_2017_07"`` (July 2017 evaluator, vendored in ``hongweilibran/wmh_ibbmTum``):
+      ``precision = #(detected G lesions) / N_P`` and no zero guards. Where that code divides
+      by zero (N_G = 0, N_P = 0 or no detected lesion): ``"zoo"`` → NaN, ``"compat"`` →
+      MetricError. Use only to reproduce numbers made with that copy.
+
+    Args:
+        g, p: reference and prediction masks of equal shape ``(I, J, K)``, boolean or 0/1.
+        mode: ``"official"`` or ``"legacy_2017_07"``.
+        empty_policy: ``"zoo"`` or ``"compat"`` (matters only for the legacy mode).
+    Returns:
+        F1 in [0, 1] (legacy mode can exceed 1 when one component covers several lesions).
+    Raises:
+        MetricError: shapes differ, non-binary input, unknown mode/policy, legacy compat
+        division by zero.
+    """
+    _check_policy(empty_policy)
+    if mode not in LESION_F1_MODES:
+        raise errors.MetricError(f"lesion_f1 mode must be one of {LESION_F1_MODES}, got {mode!r}")
+    g, p = _pair(g, p)
+    return _lesion_f1_from_counts(*_lesion_counts(g, p), mode=mode, empty_policy=empty_policy)
+
+
+# --- §3 volumetric similarity ------------------------------------------------------------
+def vol_similarity(g: Any, p: Any, empty_policy: str = "zoo") -> float:
+    """Volumetric similarity ``VS = 1 − |V_G − V_P| / (V_G + V_P)`` (``metrics.md`` §3).
+
+    Ignores overlap and boundaries; volumes are voxel counts on the shared grid.
+
+    Args:
+        g, p: reference and prediction masks of equal shape, boolean or 0/1.
+        empty_policy: both empty → 1.0 (``"zoo"``) or NaN (``"compat"``); one empty → 0.0.
+    Returns:
+        VS as a fraction in [0, 1]; multiply by 100 to report it in % as the claustrum papers do.
+    Raises:
+        MetricError: shapes differ, non-binary input or unknown ``empty_policy``.
+    """
+    _check_policy(empty_policy)
+    g, p = _pair(g, p)
+    v_g, v_p = float(np.count_nonzero(g)), float(np.count_nonzero(p))
+    if v_g + v_p == 0:
+        return math.nan if empty_policy == "compat" else 1.0
+    return 1.0 - abs(v_g - v_p) / (v_g + v_p)
+
+
+# --- §4.1 HD95 ---------------------------------------------------------------------------
+def hd95_mm(g: Any, p: Any, affine_or_spacing: Any, empty_policy: str = "zoo") -> float:
+    """Symmetric 95th-percentile Hausdorff distance in mm, zoo definition (``metrics.md`` §4.1).
+
+    Boundaries are ``X − erode(X)`` with the 3D 6-connected element (outside the image counts
+    as foreground). Directed distances from each boundary voxel centre to the other boundary
+    come from an exact Euclidean distance transform with the voxel spacing;
+    the result is ``max(P95(d_P), P95(d_G))`` (NumPy linear percentile). On an isotropic
+    grid the values are multiples of √k × spacing. Used for the claustrum and spine entries;
+    not the WMH H95 (:func:`h95_wmh_mm`, 2D boundaries).
+
+    Args:
+        g, p: reference and prediction masks, shape ``(I, J, K)``, boolean or 0/1.
+        affine_or_spacing: the 4x4 voxel-to-world affine (mm, orthogonal; only its column
+            norms matter) or the 3 voxel spacings (mm) along ``(i, j, k)``.
+        empty_policy: as §8: |P| = 0 → NaN; |G| = 0 with |P| > 0 → NaN (``"zoo"``) or
+            MetricError (``"compat"``).
+    Returns:
+        HD95 in mm, or NaN as above.
+    Raises:
+        MetricError: shapes differ, not 3D, non-binary input, sheared affine, compat crash cases.
+    """
+    _check_policy(empty_policy)
+    g, p = _pair(g, p, ndim=3)
+    spacing = _spacing_of(_as_affine(affine_or_spacing))
+    special = _empty_surface_case(int(np.count_nonzero(g)), int(np.count_nonzero(p)),
+                                  empty_policy, "hd95_mm")
+    if special is not None:
+        return special
+    bg, bp = _boundary(g, _CROSS_6), _boundary(p, _CROSS_6)
+    if _boundary_empty(bg, bp, empty_policy, "hd95_mm"):
+        return math.nan
+    # All boundary voxels lie in this box, so the distance transform on the crop is exact.
+    box = _crop(bg | bp, margin=0)
+    bg, bp = bg[box], bp[box]
+    d_p = ndi.distance_transform_edt(~bg, sampling=spacing)[bp]
+    d_g = ndi.distance_transform_edt(~bp, sampling=spacing)[bg]
+    return float(max(np.percentile(d_p, 95), np.percentile(d_g, 95)))
+
+
+# --- §2 the WMH challenge, from label images ---------------------------------------------
+def _read(obj: Any, name: str, like: Volume | None = None) -> Volume:
+    if like is not None and isinstance(obj, np.ndarray):  # bare array: the reference's grid
+        obj = (obj, like.affine)
+    return read_volume(obj, name)
+
+
+def _corner_shift_mm(shape: Sequence[int], a: np.ndarray, b: np.ndarray) -> float:
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij"),
+                       dtype=np.float64).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])
+    return float(np.abs((a - b) @ corners)[:3].max())
+
+
+def _binarise_prediction(raw: np.ndarray, source: str, empty_policy: str) -> tuple[np.ndarray, bool]:
+    """§2.1.4: integer 1..1000, float 0.5..1000 inclusive. Returns (mask, any value > 1000)."""
+    above = raw > _PRED_MAX
+    has_above = bool(above.any())
+    if has_above and empty_policy == "zoo":
+        raise errors.MetricError(
+            f"prediction {source}: {int(np.count_nonzero(above)):,} voxels exceed 1000 "
+            f"(max {raw.max()}); the WMH evaluator expects a 0/1 mask or probabilities "
+            "(values above 1000 count as background there). Give a binary mask, or use "
+            "empty_policy='compat' to reproduce the evaluator")
+    low = 1 if raw.dtype.kind in "biu" else 0.5
+    return (raw >= low) & (raw <= _PRED_MAX), has_above
+
+
+def wmh_challenge(reference: Any, prediction: Any, *, empty_policy: str = "zoo",
+                  lesion_f1_mode: str = "official",
+                  check_affine: bool | None = None) -> dict[str, Any]:
+    """The five WMH Segmentation Challenge metrics of one case (``metrics.md`` §2, §8).
+
+    Follows the official evaluator (Kuijf et al., IEEE TMI 2019; ``hjkuijf/wmhchallenge``):
+
+    1. shapes must be equal; distances use the **reference** geometry;
+    2. reference label 1 (0.5 ≤ v ≤ 1.5) is WMH; label 2 (1.5 ≤ v ≤ 2.5, "other pathology")
+       is zeroed in the prediction. Labels are compared by value, so a uint8 and a float
+       reference give the same numbers (the official code breaks on integer references);
+    3. the prediction is binarised: integer types 1 ≤ v ≤ 1000, floating types
+       0.5 ≤ v ≤ 1000 (inclusive). Values > 1000: MetricError (``"zoo"``) or background
+       (``"compat"``, flagged ``"prediction_above_1000"``).
+
+    Args:
+        reference: the reference label image ``wmh.nii.gz``: a path, a nibabel image, a
+            :class:`zoo.io.Volume` or an ``(array, affine)`` tuple; array in ``(i, j, k)``
+            order (slices along ``k``), affine 4x4 RAS in mm.
+        prediction: the same kinds of input with the same shape, or a bare ndarray (taken to
+            be on the reference grid).
+        empty_policy: ``"zoo"`` (§8 values) or ``"compat"`` (the evaluator's behaviour; it
+            raises MetricError where the evaluator crashes: empty reference with a
+            non-empty prediction (H95), empty reference (AVD)).
+        lesion_f1_mode: ``"official"`` or ``"legacy_2017_07"`` (see :func:`lesion_f1`).
+        check_affine: compare the prediction's affine with the reference's and raise if the
+            grid corners differ by more than 1e-4 mm (§8). Default: on for ``"zoo"``, off for
+            ``"compat"`` (the evaluator ignores the prediction's header). Either way the
+            reference geometry is the one used.
+    Returns:
+        ``dsc`` (fraction), ``h95_wmh_mm`` (mm), ``abs_vol_diff_pct`` (%), ``lesion_recall``,
+        ``lesion_f1`` (floats, NaN where undefined), the aliases ``hd95``, ``avd``, ``recall``,
+        ``f1`` of the same values, and ``flags``: a list of strings among
+        ``"reference_empty"``, ``"prediction_empty"``, ``"both_empty"``,
+        ``"h95_reference_empty"`` (H95 NaN because the reference is empty),
+        ``"boundary_empty"``, ``"prediction_above_1000"``.
+    Raises:
+        MetricError: shapes (or, when checked, affines) differ, prediction values > 1000 in
+        zoo mode, or an evaluator crash case in compat mode.
+        InputError (and subclasses): an input cannot be read (see :func:`zoo.io.read_volume`).
+    """
+    _check_policy(empty_policy)
+    if lesion_f1_mode not in LESION_F1_MODES:
+        raise errors.MetricError(
+            f"lesion_f1_mode must be one of {LESION_F1_MODES}, got {lesion_f1_mode!r}")
+    ref = _read(reference, "reference")
+    bare = isinstance(prediction, np.ndarray)
+    pred = _read(prediction, "prediction", like=ref)
+    if ref.shape != pred.shape:
+        raise errors.MetricError(
+            f"reference {ref.source} has shape {ref.shape} but prediction {pred.source} has "
+            f"{pred.shape}; the WMH evaluator needs the prediction on the reference grid")
+    if check_affine is None:
+        check_affine = empty_policy == "zoo"
+    if check_affine and not bare:
+        shift = _corner_shift_mm(ref.shape, ref.affine, pred.affine)
+        if shift > _AFFINE_TOL_MM:
+            raise errors.MetricError(
+                f"prediction {pred.source} is not on the grid of reference {ref.source}: "
+                f"their affines place the grid corners up to {shift:.4g} mm apart (allowed "
+                f"{_AFFINE_TOL_MM} mm). Resample the prediction onto the reference grid, or "
+                "pass check_affine=False if its header is known to be wrong")
+
+    g_raw = ref.array
+    g = (g_raw >= 0.5) & (g_raw <= 1.5)
+    other = (g_raw >= 1.5) & (g_raw <= 2.5)
+    p, has_above = _binarise_prediction(pred.array, pred.source, empty_policy)
+    p &= ~other
+
+    flags: list[str] = []
+    if has_above:
+        flags.append("prediction_above_1000")
+    n_g, n_p = int(np.count_nonzero(g)), int(np.count_nonzero(p))
+    if n_g == 0:
+        flags.append("reference_empty")
+    if n_p == 0:
+        flags.append("prediction_empty")
+    if n_g == 0 and n_p == 0:
+        flags.append("both_empty")
+    if n_g == 0 and n_p > 0:
+        flags.append("h95_reference_empty")
+
+    dsc = dice(g, p, empty_policy)
+    h95 = h95_wmh_mm(g, p, ref.affine, empty_policy)
+    if n_g > 0 and n_p > 0 and math.isnan(h95):
+        flags.append("boundary_empty")
+    avd = abs_vol_diff_pct(g, p, empty_policy)
+    counts = _lesion_counts(g, p)
+    n_les_g, detected = counts[0], counts[1]
+    recall = 1.0 if n_les_g == 0 else detected / float(n_les_g)
+    f1 = _lesion_f1_from_counts(*counts, mode=lesion_f1_mode, empty_policy=empty_policy)
+    return {
+        "dsc": dsc,
+        "h95_wmh_mm": h95,
+        "abs_vol_diff_pct": avd,
+        "lesion_recall": recall,
+        "lesion_f1": f1,
+        "hd95": h95,
+        "avd": avd,
+        "recall": recall,
+        "f1": f1,
+        "flags": flags,
+    }
+
+
+# --- §2.6 ranking ------------------------------------------------------------------------
+#: Metric → True if lower is better (the challenge's five metrics).
+_RANK_METRICS = {
+    "dsc": False,
+    "h95_wmh_mm": True,
+    "abs_vol_diff_pct": True,
+    "lesion_recall": False,
+    "lesion_f1": False,
+}
+_ALIASES = {"h95_wmh_mm": "hd95", "abs_vol_diff_pct": "avd", "lesion_recall": "recall",
+            "lesion_f1": "f1"}
+
+
+def challenge_rank_scores(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """WMH challenge rank score per team (``metrics.md`` §2.6; Kuijf et al., IEEE TMI 2019).
+
+    For each of the five metrics, a team's score is ``(value − best)/(worst − best)`` over the
+    observed values (best → 0, worst → 1; lower is better for H95 and AVD, higher for DSC,
+    recall and F1; 0 for every team when all values are equal). The final score is the mean
+    of the five; lower is better.
+
+    Args:
+        results: team name → its metrics (usually the means over the test cases), keyed
+            ``dsc``, ``h95_wmh_mm``, ``abs_vol_diff_pct``, ``lesion_recall``, ``lesion_f1``
+            (or the aliases ``hd95``, ``avd``, ``recall``, ``f1``).
+    Returns:
+        Team → final score, ordered best (lowest) first.
+    Raises:
+        MetricError: no team, a metric missing, or a non-finite value.
+    """
+    teams = list(results)
+    if not teams:
+        raise errors.MetricError("challenge_rank_scores: no teams given")
+    total = np.zeros(len(teams))
+    for metric, lower_better in _RANK_METRICS.items():
+        vals = []
+        for team in teams:
+            row = results[team]
+            key = metric if metric in row else _ALIASES.get(metric, metric)
+            if key not in row:
+                raise errors.MetricError(f"challenge_rank_scores: team {team!r} lacks {metric!r}")
+            vals.append(float(row[key]))
+        v = np.asarray(vals, dtype=np.float64)
+        if not np.isfinite(v).all():
+            raise errors.MetricError(
+                f"challenge_rank_scores: non-finite {metric} for "
+                f"{[t for t, x in zip(teams, v) if not np.isfinite(x)]}; aggregate NaN cases "
+                "explicitly before ranking")
+        best, worst = (v.min(), v.max()) if lower_better else (v.max(), v.min())
+        if worst != best:
+            total += (v - best) / (worst - best)
+    scores = total / len(_RANK_METRICS)
+    order = np.argsort(scores, kind="stable")
+    return {teams[i]: float(scores[i]) for i in order}
+
+
+# --- §7 summaries ------------------------------------------------------------------------
+def summarise(values: Iterable[float]) -> dict[str, float | int]:
+    """Mean ± SD and median [IQR] of per-case values, NaNs excluded and counted (§7, §8).
+
+    Args:
+        values: per-case metric values (any iterable of numbers; NaN = undefined case).
+    Returns:
+        ``mean``, ``sd`` (ddof = 1; NaN for n < 2), ``median``, ``q25``, ``q75`` (linear
+        interpolation), ``n`` (values used), ``n_nan`` (NaNs excluded), ``n_inf``
+        (±inf excluded, e.g. PSNR of identical images). Statistics are NaN when n = 0.
+    """
+    v = np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
+                   dtype=np.float64).ravel()
+    nan = np.isnan(v)
+    inf = np.isinf(v)
+    x = v[~nan & ~inf]
+    n = int(x.size)
+    out: dict[str, float | int] = {"mean": math.nan, "sd": math.nan, "median": math.nan,
+                                   "q25": math.nan, "q75": math.nan, "n": n,
+                                   "n_nan": int(nan.sum()), "n_inf": int(inf.sum())}
+    if n:
+        q25, median, q75 = np.percentile(x, [25, 50, 75])
+        out.update(mean=float(x.mean()), median=float(median), q25=float(q25), q75=float(q75))
+        if n > 1:
+            out["sd"] = float(x.std(ddof=1))
+    return out
