@@ -1,0 +1,400 @@
+"""The ``zoo`` command line: a thin layer that parses arguments and calls the public API.
+
+    zoo list
+    zoo card wmh_ensemble --format yaml
+    zoo predict wmh_ensemble --input flair=FLAIR.nii.gz --input t1=T1.nii.gz -o out/
+    zoo predict wmh_ensemble --variant flair --input-list cohort.csv -o out/ --shard 2/4
+
+Every error a user can cause is printed as one line ``zoo: error: <message>`` on stderr
+(exit 2 for usage errors, 1 for everything else); ``--debug`` shows the traceback instead.
+Heavy imports (``zoo``, TensorFlow, pandas) happen inside the command functions so that
+argument parsing itself stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+#: Column names accepted for the subject identifier in an ``--input-list`` CSV (first wins).
+SUBJECT_COLUMNS = ("subject", "id")
+#: Columns of the batch report CSV, in order.
+REPORT_COLUMNS = ["subject", "status", "error_type", "error", "outputs", "volumes_ml", "seconds"]
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as given (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`UsageError` instead of printing usage and exiting."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --- argument types ----------------------------------------------------------------------------
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _option(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, value = _key_value(text)
+    try:
+        return key, yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(exc).split())
+        raise argparse.ArgumentTypeError(f"option {key}: value {value!r} is not valid YAML ({problem})")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    try:
+        i_, n_ = int(i), int(n)
+    except ValueError:
+        i_ = n_ = 0
+    if not sep or not 1 <= i_ <= n_:
+        raise argparse.ArgumentTypeError(
+            f"expected i/n with 1 <= i <= n (e.g. 2/4 for the second of four shards), got {text!r}")
+    return i_, n_
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``zoo`` argument parser (subcommands ``list``, ``card``, ``predict``)."""
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show full tracebacks (and debug logging) instead of one-line errors")
+
+    parser = _Parser(prog="zoo", description="Keras 3 model zoo for medical imaging.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list", parents=[common], help="list the registered entries",
+                       description="Print one row per registered entry.")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("card", parents=[common], help="show an entry's model card",
+                       description="Print an entry's model card.")
+    p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
+    p.add_argument("--format", choices=["markdown", "yaml", "json"], default="markdown",
+                   help="output format (default: markdown)")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser(
+        "predict", parents=[common], help="run an entry on one subject or a cohort",
+        description="Predict on one subject (--input) or on every row of a CSV (--input-list).",
+        epilog="--input-list CSV: a column 'subject' (or 'id') and one column per input name "
+               "(e.g. flair,t1[,brain_mask]); empty cells leave an optional input out; relative "
+               "paths are relative to the CSV's folder. Outputs go to OUT_DIR/<subject>/ and a "
+               "report CSV is written; the exit status is 1 if any subject failed.")
+    p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
+    p.add_argument("--variant", help="variant (default: the card's default_variant)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="PATH_OR_URL",
+                   help="weights folder (member0.npz, ...), file or http(s) URL "
+                        "(default: the card's weights)")
+    w.add_argument("--untrained", action="store_true",
+                   help="use the untrained architecture (weights=None)")
+    p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="card option (value parsed as YAML, e.g. threshold=0.45, "
+                        "inplane_spacing_mm=[1.0,1.0]); repeatable")
+    p.add_argument("--resample", action="store_true",
+                   help="resample inputs on another grid onto the reference input's grid")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", action="append", type=_key_value, default=None,
+                     metavar="NAME=PATH", help="one input image (repeatable, e.g. flair=FLAIR.nii.gz)")
+    src.add_argument("--input-list", type=Path, metavar="CSV", help="a cohort CSV (see below)")
+    p.add_argument("-o", "--output", "--out-dir", dest="out_dir", type=Path, required=True,
+                   metavar="OUT_DIR", help="output folder")
+    p.add_argument("--shard", type=_shard, metavar="i/n",
+                   help="with --input-list: process only rows p (0-based) with p %% n == i-1")
+    p.add_argument("--report", type=Path, metavar="FILE",
+                   help="with --input-list: report CSV (default OUT_DIR/report.csv, or "
+                        "OUT_DIR/report_shard{i}of{n}.csv with --shard)")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("zoo")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --- commands ----------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    """``zoo list``: print :func:`zoo.list` as a table."""
+    import zoo
+
+    print(zoo.list().to_string(index=False))
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    """``zoo card NAME``: print the card as Markdown, YAML or JSON."""
+    import zoo
+
+    card = zoo.card(args.name)
+    if args.format == "markdown":
+        print(card.to_markdown())
+    elif args.format == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(card.to_dict(), sort_keys=False, allow_unicode=True), end="")
+    else:
+        print(json.dumps(card.to_dict(), indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``zoo predict NAME``: one subject (``--input``) or a cohort (``--input-list``)."""
+    options = _unique(args.option, "--option")
+    if args.input is not None:
+        if args.shard is not None or args.report is not None:
+            raise UsageError("--shard and --report need --input-list (see 'zoo predict --help')")
+        inputs = _unique(args.input, "--input")
+        model = _load(args, options)
+        return _predict_one(model, inputs, args)
+    cohort = read_input_list(args.input_list, args.shard)
+    model = _load(args, options)
+    return _predict_batch(model, cohort, args)
+
+
+def _unique(pairs: list[tuple[str, Any]], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise UsageError(f"{flag} {key} is given twice (see 'zoo predict --help')")
+        out[key] = value
+    return out
+
+
+def _load(args: argparse.Namespace, options: dict[str, Any]):
+    import zoo
+    from zoo.registry import DEFAULT
+
+    weights = None if args.untrained else (args.weights if args.weights is not None else DEFAULT)
+    return zoo.load(args.name, variant=args.variant, weights=weights, options=options or None)
+
+
+def _predict_one(model, inputs: dict[str, str], args: argparse.Namespace) -> int:
+    pred = model.predict(inputs, resample=args.resample)
+    written = pred.save(args.out_dir)
+    for path in written.values():
+        print(path)
+    _print_volumes(pred.volumes_ml)
+    return 0
+
+
+def _print_volumes(volumes_ml: dict[str, float], prefix: str = "") -> None:
+    for name, ml in volumes_ml.items():
+        print(f"{prefix}{name}: {ml:.3f} mL")
+
+
+# --- batch -------------------------------------------------------------------------------------
+def read_input_list(csv_path: Path, shard: tuple[int, int] | None = None) -> list[tuple[str, dict[str, str]]]:
+    """Read a cohort CSV into ``[(subject, {input name: path}), ...]`` in file order.
+
+    The CSV has a column ``subject`` (or ``id``) and one column per input name; relative paths
+    are taken relative to the CSV's folder and empty cells are left out. With ``shard=(i, n)``
+    only rows at 0-based positions ``p`` with ``p % n == i - 1`` are returned.
+
+    Raises:
+        InputNotFoundError: the CSV does not exist.
+        InputError: the CSV is unreadable, has no subject column, or has empty, duplicate or
+            path-like subject names.
+    """
+    import pandas as pd
+
+    from zoo import errors
+
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise errors.InputNotFoundError(f"input list {csv_path} not found; give a CSV file")
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise errors.InputError(f"input list {csv_path} is not a readable CSV: {_one_line(exc)}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    id_cols = [c for c in SUBJECT_COLUMNS if c in table.columns]
+    if len(id_cols) != 1:
+        found = "both 'subject' and 'id'" if id_cols else f"columns {list(table.columns)}"
+        raise errors.InputError(
+            f"input list {csv_path} has {found}; expected exactly one subject column "
+            f"('subject' or 'id') plus one column per input (e.g. subject,flair,t1)")
+    id_col = id_cols[0]
+    subjects = [s.strip() for s in table[id_col]]
+    for pos, s in enumerate(subjects):
+        if not s or s in (".", "..") or Path(s).name != s or "\\" in s:
+            raise errors.InputError(
+                f"input list {csv_path}, row {pos + 2}: subject {s!r} cannot be used as a folder "
+                f"name; use a plain name without '/'")
+    dup = sorted({s for s in subjects if subjects.count(s) > 1})
+    if dup:
+        raise errors.InputError(f"input list {csv_path}: subjects {dup} appear more than once; "
+                                f"each subject's outputs go to OUT_DIR/<subject>/")
+    base = csv_path.resolve().parent
+    rows = []
+    for pos, (subject, (_, row)) in enumerate(zip(subjects, table.iterrows())):
+        if shard is not None and pos % shard[1] != shard[0] - 1:
+            continue
+        inputs = {}
+        for col in table.columns:
+            value = str(row[col]).strip()
+            if col != id_col and value:
+                p = Path(value).expanduser()
+                inputs[col] = str(p if p.is_absolute() else base / p)
+        rows.append((subject, inputs))
+    return rows
+
+
+def _check_columns(model, cohort: list[tuple[str, dict[str, str]]], csv_path: Path) -> None:
+    """Refuse a cohort whose columns name unknown inputs or lack a required one (before any run)."""
+    from zoo import errors
+
+    given = {k for _, inputs in cohort for k in inputs}
+    unknown = sorted(given - set(model.input_names) - set(model.optional_inputs))
+    missing = [k for k in model.input_names if k not in given] if cohort else []
+    if unknown or missing:
+        found = (f"has columns {unknown} that are not inputs of" if unknown
+                 else f"gives no paths in the required column(s) {missing} of")
+        raise errors.MissingModalityError(
+            f"input list {csv_path} {found} {model.card.id} ({model.variant}); it takes "
+            f"{model.input_names} (required) and {model.optional_inputs} (optional) plus "
+            f"a subject column")
+
+
+def _report_path(args: argparse.Namespace) -> Path:
+    if args.report is not None:
+        return args.report
+    name = "report.csv" if args.shard is None else f"report_shard{args.shard[0]}of{args.shard[1]}.csv"
+    return args.out_dir / name
+
+
+def _predict_batch(model, cohort: list[tuple[str, dict[str, str]]], args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from zoo import errors
+
+    _check_columns(model, cohort, args.input_list)
+    report = _report_path(args)
+    protected = {args.input_list.resolve()} | {Path(p).resolve() for _, i in cohort for p in i.values()}
+    if report.resolve() in protected:
+        raise errors.OutputError(f"refusing to overwrite the input {report} with the report; "
+                                 f"choose another --report file")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    bar = tqdm(cohort, desc=f"zoo predict {model.card.id}", unit="subject", file=sys.stderr,
+               disable=None)
+    for subject, inputs in bar:
+        bar.set_postfix_str(subject)
+        t0 = time.perf_counter()
+        record = {"subject": subject, "status": "ok", "error_type": "", "error": "",
+                  "outputs": "", "volumes_ml": "", "seconds": 0.0}
+        try:
+            pred = model.predict(inputs, resample=args.resample)
+            pred.save(args.out_dir / subject)
+            record["outputs"] = str(args.out_dir / subject)
+            record["volumes_ml"] = json.dumps(pred.volumes_ml, sort_keys=True, default=float)
+        except Exception as exc:  # a failing subject never stops the batch
+            record.update(status="failed", error_type=type(exc).__name__, error=_one_line(exc))
+            tqdm.write(f"zoo: {subject} failed: {record['error_type']}: {record['error']}",
+                       file=sys.stderr)
+            if args.debug:
+                traceback.print_exc(file=sys.stderr)
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        records.append(record)
+        write_report(records, report)  # rewritten after each subject: a killed job keeps its report
+    bar.close()
+    write_report(records, report)
+    n_failed = sum(r["status"] == "failed" for r in records)
+    print(f"report: {report}")
+    print(f"{len(records) - n_failed} ok, {n_failed} failed")
+    return 1 if n_failed else 0
+
+
+def write_report(records: list[dict[str, Any]], path: Path) -> None:
+    """Write the batch report CSV atomically (temporary file in the same folder + rename)."""
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            pd.DataFrame(records, columns=REPORT_COLUMNS).to_csv(fh, index=False)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if not text and isinstance(exc, BaseException):
+        text = type(exc).__name__
+    return text
+
+
+# --- entry point -------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zoo`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    Usage errors print one line and return 2; any :class:`zoo.errors.ZooError` prints its
+    message as one line and returns 1; any other exception prints its type and message and
+    returns 1. With ``--debug`` the exception is re-raised (full traceback).
+    """
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"zoo: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else 0
+    logging.basicConfig(format="zoo: %(levelname)s: %(message)s", level=logging.WARNING)
+    if args.debug:
+        logging.getLogger("zoo").setLevel(logging.DEBUG)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        if args.debug:
+            raise
+        print(f"zoo: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("zoo: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        from zoo.errors import ZooError
+
+        if isinstance(exc, ZooError):
+            print(f"zoo: error: {_one_line(exc)}", file=sys.stderr)
+        else:
+            print(f"zoo: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
