@@ -5,21 +5,48 @@
 >>> m = zoo.load("wmh_ensemble", weights=None)   # untrained architecture
 >>> pred = m.predict({"flair": "FLAIR.nii.gz", "t1": "T1.nii.gz"})
 >>> pred.save("out/")
+
+Names are imported lazily (PEP 562) so that ``import zoo`` and the CLI's help stay fast;
+TensorFlow is loaded only when a model is built.
 """
 
 from __future__ import annotations
 
+import importlib
 import os as _os
+from typing import Any
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from zoo import errors, metrics  # noqa: E402
-from zoo.card import ModelCard  # noqa: E402
-from zoo.io import Volume, read_volume  # noqa: E402
-from zoo.model import ZooModel  # noqa: E402
-from zoo.prediction import Prediction  # noqa: E402
-from zoo.registry import card, list_entries as list, load  # noqa: E402,A001
-
 __version__ = "0.1.0"
-__all__ = ["list", "load", "card", "ModelCard", "ZooModel", "Prediction", "Volume", "read_volume",
-           "errors", "metrics", "__version__"]
+
+_LAZY = {
+    "list": ("zoo.registry", "list_entries"),
+    "load": ("zoo.registry", "load"),
+    "card": ("zoo.registry", "card"),
+    "ModelCard": ("zoo.card", "ModelCard"),
+    "ZooModel": ("zoo.model", "ZooModel"),
+    "Prediction": ("zoo.prediction", "Prediction"),
+    "Volume": ("zoo.io", "Volume"),
+    "read_volume": ("zoo.io", "read_volume"),
+}
+_SUBMODULES = ("errors", "metrics", "weights", "io", "registry", "card", "model", "prediction",
+               "postprocessing", "preprocessing", "inference", "architectures", "entries", "cli")
+
+__all__ = ["list", "load", "card", "ModelCard", "ZooModel", "Prediction", "Volume",
+           "read_volume", "errors", "metrics", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"zoo.{name}")
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

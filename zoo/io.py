@@ -96,8 +96,7 @@ class Volume:
         header = self.header.copy()
         if dtype is not None:
             data = data.astype(dtype, copy=False)
-        header.set_data_dtype(data.dtype)
-        header.set_data_shape(data.shape)
+        header.set_data_dtype(data.dtype)  # the shape is set by nibabel only if it differs
         slope, inter = header.get_slope_inter()
         if slope not in (None, 1.0) or inter not in (None, 0.0):
             header.set_slope_inter(1.0, 0.0)  # outputs are stored unscaled
@@ -141,8 +140,11 @@ def read_volume(obj: Any, name: str = "input", *, max_voxels: int | None = None)
                 f"{name}: the affine of an (array, affine) input must be 4x4, got {affine.shape}")
         _check_budget(array.shape, f"{name} array", budget)
         header = nib.Nifti1Header()
-        header.set_qform(affine, code=1)
-        header.set_sform(affine, code=1)
+        try:
+            header.set_qform(affine, code=1)
+            header.set_sform(affine, code=1)
+        except (nib.spatialimages.HeaderDataError, np.linalg.LinAlgError):
+            pass  # degenerate affine (zero column, NaN): _validate raises GeometryError below
         vol = Volume(array, affine, header, f"<{name} array>")
     else:
         raise errors.InputError(
@@ -178,7 +180,25 @@ def _read_path(path: Path, name: str, budget: int) -> Volume:
             f"{name}: {path} is not a readable NIfTI image ({type(exc).__name__}: {exc}); "
             "give a .nii/.nii.gz file, a DICOM folder, or an .mha/.nrrd file") from None
     _check_budget(img.shape, f"{name} {path}", budget)
-    return _from_nibabel(img, str(path), path, name)
+    vol = _from_nibabel(img, str(path), path, name)
+    raw = _raw_pixdim(img)
+    if raw is not None:
+        vol.meta["raw_pixdim"] = raw
+    return vol
+
+
+def _raw_pixdim(img: Any) -> np.ndarray | None:
+    """pixdim[1:4] as stored in the file. nibabel's loader silently repairs zero (-> 1) and
+    negative (-> abs) pixdims, which would hide a broken header from :func:`_validate`."""
+    if not isinstance(img.header, nib.Nifti1Header):  # Nifti2Header is a subclass
+        return None
+    try:
+        holder = img.file_map.get("header", img.file_map["image"])  # .hdr of a pair, else the .nii
+        with nib.openers.ImageOpener(holder.filename) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+    except Exception:  # the file was readable a moment ago; keep nibabel's repaired values
+        return None
+    return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
 
 
 def _from_nibabel(img: Any, source: str, path: Path | None, name: str) -> Volume:
@@ -294,7 +314,9 @@ def _validate(vol: Volume, name: str) -> None:
     if aff.shape != (4, 4) or not np.isfinite(aff).all():
         raise errors.GeometryError(f"{name}: {vol.source} has a non-finite or malformed affine")
     spacing = vol.spacing
-    pixdim = np.asarray(vol.header.get_zooms()[:3], dtype=np.float64) if vol.path else spacing
+    pixdim = vol.meta.get("raw_pixdim")
+    if pixdim is None:
+        pixdim = np.asarray(vol.header.get_zooms()[:3], dtype=np.float64) if vol.path else spacing
     if (spacing <= 1e-6).any() or (pixdim <= 0).any() or not np.isfinite(pixdim).all():
         raise errors.GeometryError(
             f"{name}: {vol.source} has zero, negative or invalid voxel spacing "

@@ -112,6 +112,10 @@ def _weight_paths(c: ModelCard, variant: str, records: list[dict], weights: Any,
         paths = [Path(p) for p in explicit]
     else:
         p = Path(os.fspath(explicit))
+        if not p.exists():
+            raise errors.WeightsNotAvailableError(
+                f"weights path not found: {p}; give a folder with member0.npz..., a list of files, "
+                "or weights=None for the untrained architecture")
         paths = [p / f"member{i}.npz" for i in range(n_members)] if p.is_dir() else [p]
     if len(paths) != n_members:
         raise errors.WeightsError(
