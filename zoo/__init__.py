@@ -20,17 +20,17 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
+# Eager and light (no TensorFlow): also makes ``zoo.card`` the function, not the submodule.
+from zoo.registry import card, list_entries as list, load  # noqa: E402,A001
+
 _LAZY = {
-    "list": ("zoo.registry", "list_entries"),
-    "load": ("zoo.registry", "load"),
-    "card": ("zoo.registry", "card"),
     "ModelCard": ("zoo.card", "ModelCard"),
     "ZooModel": ("zoo.model", "ZooModel"),
     "Prediction": ("zoo.prediction", "Prediction"),
     "Volume": ("zoo.io", "Volume"),
     "read_volume": ("zoo.io", "read_volume"),
 }
-_SUBMODULES = ("errors", "metrics", "weights", "io", "registry", "card", "model", "prediction",
+_SUBMODULES = ("errors", "metrics", "weights", "io", "registry", "model", "prediction",
                "postprocessing", "preprocessing", "inference", "architectures", "entries", "cli")
 
 __all__ = ["list", "load", "card", "ModelCard", "ZooModel", "Prediction", "Volume",

@@ -8,11 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import pandas as pd
-
 from zoo import errors, weights as weights_mod
 from zoo.card import ModelCard
-from zoo.model import ZooModel
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +34,11 @@ def card(name: str) -> ModelCard:
     return ModelCard.bundled(_check(name))
 
 
-def list_entries() -> pd.DataFrame:
-    """One row per registered entry: name, task, modalities, version, variants, weights status."""
+def list_entries():
+    """One row per registered entry as a ``pandas.DataFrame``: name, task, modalities,
+    version, variants, default variant and weights status."""
+    import pandas as pd
+
     rows = []
     for name in sorted(ENTRIES):
         c = card(name)
@@ -65,7 +65,7 @@ def _weights_status(records: list[dict]) -> str:
 
 
 def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
-         options: Mapping[str, Any] | None = None) -> ZooModel:
+         options: Mapping[str, Any] | None = None):
     """Load an entry: build its Keras members and load their weights.
 
     Args:
@@ -83,6 +83,8 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
         UnknownEntryError, UnknownVariantError, CardError, WeightsNotAvailableError,
         ChecksumError, WeightsError.
     """
+    from zoo.model import ZooModel  # imports Keras/TensorFlow: only when a model is loaded
+
     c = card(name).with_options(options)
     rec = c.variant(variant)
     variant = variant or c["default_variant"]
