@@ -25,6 +25,16 @@ class CenterCropPad:
             return (s - t) // 2, 0  # crop start, pad before
         return 0, (t - s) // 2
 
+    def _regions(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """``(input_region, output_region)``: the index tuples of the kept pixels."""
+        src, dst = [slice(None)], [slice(None)]
+        for axis in (0, 1):
+            crop, pad = self._offsets(axis)
+            length = min(self.in_size[axis], self.size[axis])
+            src.append(slice(crop, crop + length))
+            dst.append(slice(pad, pad + length))
+        return tuple(src), tuple(dst)
+
     def forward(self, slices: np.ndarray, pad_value: float | np.ndarray = 0.0) -> np.ndarray:
         """``(N, H, W, ...)`` -> ``(N, size[0], size[1], ...)``; padding takes ``pad_value``
         (a scalar, or one value per trailing channel)."""
@@ -32,13 +42,8 @@ class CenterCropPad:
         out_shape = (n, *self.size, *slices.shape[3:])
         out = np.empty(out_shape, dtype=slices.dtype)
         out[...] = pad_value
-        src, dst = [slice(None)], [slice(None)]
-        for axis in (0, 1):
-            crop, pad = self._offsets(axis)
-            length = min(self.in_size[axis], self.size[axis])
-            src.append(slice(crop, crop + length))
-            dst.append(slice(pad, pad + length))
-        out[tuple(dst)] = slices[tuple(src)]
+        src, dst = self._regions()
+        out[dst] = slices[src]
         return out
 
     def inverse(self, slices: np.ndarray, fill_value: float = 0.0) -> np.ndarray:
@@ -46,11 +51,6 @@ class CenterCropPad:
         get ``fill_value`` (probability 0, spec §10 step 1)."""
         n = slices.shape[0]
         out = np.full((n, *self.in_size, *slices.shape[3:]), fill_value, dtype=slices.dtype)
-        src, dst = [slice(None)], [slice(None)]
-        for axis in (0, 1):
-            crop, pad = self._offsets(axis)
-            length = min(self.in_size[axis], self.size[axis])
-            dst.append(slice(crop, crop + length))
-            src.append(slice(pad, pad + length))
-        out[tuple(dst)] = slices[tuple(src)]
+        src, dst = self._regions()
+        out[src] = slices[dst]
         return out
