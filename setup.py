@@ -31,6 +31,7 @@ setup(
         "jsonschema>=4.20",
         "h5py>=3.10",
         "tqdm>=4.66",
+        "tensorboard>=2.20",
     ],
     extras_require={"test": ["pytest>=8"], "onnx": ["tf2onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["zoo=zoo.cli:main"]},

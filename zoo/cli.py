@@ -126,6 +126,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --input-list: report CSV (default OUT_DIR/report.csv, or "
                         "OUT_DIR/report_shard{i}of{n}.csv with --shard)")
     p.set_defaults(func=cmd_predict)
+
+    for command, helptext in (("train", "train an entry's ensemble from its recipe"),
+                              ("finetune", "fine-tune an entry starting from trained weights")):
+        p = sub.add_parser(command, parents=[common], help=helptext, description=helptext + ".")
+        p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
+        if command == "finetune":
+            p.add_argument("--from", dest="init_from", required=True, metavar="NAME_OR_WEIGHTS",
+                           help="an entry name (its weights) or a weights folder/file to start from")
+        p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV",
+                       help="training data: a folder (layout auto-detected) or a CSV")
+        p.add_argument("--layout", default="auto",
+                       choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "csv"],
+                       help="dataset layout (default: detect)")
+        p.add_argument("--recipe", help="recipe YAML (default: the entry's bundled recipe)")
+        p.add_argument("--variant", help="card variant (default: the recipe's first)")
+        p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="run folder (default runs/<name>-<variant>)")
+        p.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
+        p.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: one pass)")
+        p.add_argument("--members", type=int, help="ensemble members (default: the recipe's)")
+        p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's)")
+        p.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "multiworker", "none"])
+        p.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"], default=None)
+        p.add_argument("--val", action="append", default=[], metavar="SUBJECT",
+                       help="subject id held out for validation (repeatable)")
+        p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                       help="card option for preprocessing (e.g. mask_method=nonzero)")
+        p.add_argument("--resample", action="store_true",
+                       help="resample inputs on another grid onto the reference input's grid")
+        p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -175,6 +205,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cohort = read_input_list(args.input_list, args.shard)
     model = _load(args, options)
     return _predict_batch(model, cohort, args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``zoo train`` / ``zoo finetune``: train from a recipe and print where the weights are."""
+    from zoo.training.run import train_entry
+
+    record = train_entry(
+        args.name, args.data, layout=args.layout, recipe=args.recipe, variant=args.variant,
+        out_dir=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        members=args.members, batch_size=args.batch_size, strategy=args.strategy,
+        mixed_precision=args.mixed_precision, val_ids=args.val,
+        options=_unique(args.option, "--option"), resample=args.resample,
+        init_from=getattr(args, "init_from", None), command="zoo " + " ".join(sys.argv[1:]))
+    for m in record["members"]:
+        print(f"member{m['member']}: {m['epochs']} epoch(s), final loss "
+              f"{m['history']['loss'][-1]:.4f}, weights {record['out_dir']}/{m['weights']['file']} "
+              f"(sha256 {m['weights']['sha256']})")
+    print(f"run record: {record['out_dir']}/run_record.json")
+    return 0
 
 
 def _unique(pairs: list[tuple[str, Any]], flag: str) -> dict[str, Any]:

@@ -158,6 +158,22 @@ class SlicePipeline:
             masks = {k: first for k in masks}
         return masks
 
+    def forward_label(self, labels: np.ndarray, state: PipelineState) -> np.ndarray:
+        """Map a label volume ``(I, J, K)`` on the reference grid into network space
+        ``(N, H, W)`` with the geometry recorded by :meth:`apply`: the same reorientation,
+        nearest-neighbour in-plane resampling, slicing and crop/pad (padded with 0). Used by
+        training, so training and prediction share one pipeline (no drift)."""
+        out = np.asarray(labels)
+        if state.reorientation is not None:
+            out = state.reorientation.forward(out)
+        if state.resampling is not None:
+            out = state.resampling.forward(out.astype(np.float32), order=0)
+        if state.slice_order is not None:
+            out = np.transpose(out, state.slice_order)
+        if state.crop is not None:
+            out = state.crop.forward(out, 0)
+        return np.ascontiguousarray(out)
+
     def invert(self, maps: np.ndarray, state: PipelineState, fill_value: float = 0.0) -> np.ndarray:
         """Map network-space maps ``(N, H, W)`` back to the reference input's grid ``(I, J, K)``.
 

@@ -1,0 +1,106 @@
+"""Training losses, each written as a formula (practices §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+REDUCTION_MODES = ("batch", "per_sample")
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class SoftDiceLoss(keras.losses.Loss):
+    """Soft Dice loss with a linear denominator (spec ``wmh_ensemble.md`` §6).
+
+    With ``p`` the predicted foreground probability, ``g`` the binary target and ``s`` the
+    smoothing term (default 1)::
+
+        Dice = (2 · Σ p·g + s) / (Σ p + Σ g + s)        loss = 1 − Dice
+
+    * Denominator: linear (Σ p + Σ g), not squared (Σ p² + Σ g²).
+    * Smoothing: ``s`` added to numerator and denominator, so an empty prediction on an empty
+      target gives Dice = 1 (loss 0), and a perfect binary prediction gives exactly 0.
+    * Reduction (``reduction_mode``):
+
+      - ``"batch"`` (default, spec §6): the sums run over every pixel of every slice of the
+        batch flattened together; one Dice per batch. This is not the mean of per-slice Dice
+        values. Under data parallelism it becomes per replica.
+      - ``"per_sample"`` (for comparison): one Dice per slice (sums over H, W and the
+        foreground channel), and the loss is the mean over the batch of ``1 − Dice_i``.
+
+      In both modes :meth:`call` returns a scalar, so the Keras ``reduction`` argument
+      (``"sum_over_batch_size"``, ``None``, ...) cannot re-average it. Sample weights have no
+      per-sample meaning for a batch-global Dice and are rejected.
+    * Foreground only; the background is not included:
+
+      - ``y_pred`` ``(B, H, W, 1)``: sigmoid foreground probability (the WMH head, D2);
+      - ``y_pred`` ``(B, H, W, 2)``: softmax; channel 1 is the foreground;
+      - ``y_true`` ``(B, H, W, 1)``: binary {0, 1}; ``(B, H, W, 2)``: one-hot, channel 1
+        is the foreground; ``(B, H, W)``: binary without a channel axis.
+
+      Other channel counts raise ``ValueError``. Any rank ≥ 2 works the same way (the last
+      axis is the channel axis).
+    * Precision: ``y_true`` and ``y_pred`` are cast to float32 first and the result is float32,
+      also under a ``mixed_float16``/``mixed_bfloat16`` policy (practices §8).
+
+    Args:
+        smooth: the smoothing term ``s`` (> 0; default 1.0 as spec §6).
+        reduction_mode: ``"batch"`` or ``"per_sample"``.
+        name: loss name.
+        reduction: the Keras reduction; irrelevant because the value is already a scalar.
+    """
+
+    def __init__(self, smooth: float = 1.0, reduction_mode: str = "batch",
+                 name: str = "soft_dice_loss", reduction: str | None = "sum_over_batch_size",
+                 dtype: Any = None) -> None:
+        if dtype not in (None, "float32"):
+            raise ValueError(f"SoftDiceLoss is computed in float32 (practices §8); got dtype={dtype!r}")
+        super().__init__(name=name, reduction=reduction, dtype="float32")
+        if reduction_mode not in REDUCTION_MODES:
+            raise ValueError(f"reduction_mode must be one of {list(REDUCTION_MODES)}; "
+                             f"got {reduction_mode!r}")
+        if not smooth > 0:
+            raise ValueError(f"smooth must be > 0 (it keeps an empty prediction on an empty target "
+                             f"finite); got {smooth}")
+        self.smooth = float(smooth)
+        self.reduction_mode = reduction_mode
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("SoftDiceLoss is a batch-global Dice (spec §6); sample weights have no "
+                             "per-sample meaning for it. Drop sample_weight/class_weight.")
+        return super().__call__(y_true, y_pred)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.cast(y_pred, tf.float32)
+        p = _foreground(y_pred, "y_pred")
+        if y_true.shape.rank == y_pred.shape.rank - 1:
+            y_true = y_true[..., None]
+        g = _foreground(y_true, "y_true")
+        if self.reduction_mode == "batch":
+            axes = None
+        else:
+            axes = list(range(1, p.shape.rank))
+        intersection = tf.reduce_sum(p * g, axis=axes)
+        total = tf.reduce_sum(p, axis=axes) + tf.reduce_sum(g, axis=axes)
+        dice = (2.0 * intersection + self.smooth) / (total + self.smooth)
+        return tf.reduce_mean(1.0 - dice)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"smooth": self.smooth, "reduction_mode": self.reduction_mode})
+        return config
+
+
+def _foreground(x: tf.Tensor, what: str) -> tf.Tensor:
+    """The foreground channel, keeping the channel axis: ``(..., 1)``."""
+    channels = x.shape[-1]
+    if channels == 1:
+        return x
+    if channels == 2:
+        return x[..., 1:2]
+    raise ValueError(f"{what} has shape {x.shape}; SoftDiceLoss expects a last (channel) axis of "
+                     "1 (sigmoid / binary) or 2 (softmax / one-hot, channel 1 = foreground)")

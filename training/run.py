@@ -1,0 +1,108 @@
+"""``zoo train`` and ``zoo finetune`` as a library call: data layout, recipe, card options,
+start weights and the trainer put together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from zoo import errors, registry, weights as weights_mod
+from zoo.training import datasets
+from zoo.training.recipe import load_recipe
+
+#: Card options applied for each dataset layout unless the user sets them (skull-stripped
+#: public data with a zero background cannot use the paper's scanner-unit thresholds).
+LAYOUT_OPTIONS: dict[str, dict[str, Any]] = {"open_ms": {"mask_method": "nonzero"}}
+
+
+def detect_layout(data: Path) -> str:
+    """Guess the dataset layout of ``data`` (a folder or a CSV).
+
+    Returns one of ``csv``, ``wmh_challenge`` (``<site>/<subject>/wmh.nii.gz``), ``open_ms``
+    (``<subject>/flair.nii.gz`` + ``lesion.nii.gz``), ``spine_chu``
+    (``<case>/mask_th12_l5.nii.gz``). Raises InputError when none matches.
+    """
+    if data.suffix.lower() == ".csv":
+        return "csv"
+    if not data.is_dir():
+        raise errors.InputNotFoundError(f"training data not found: {data}")
+    if any(data.glob("*/*/wmh.nii.gz")):
+        return "wmh_challenge"
+    if any(data.glob("*/lesion.nii.gz")) and any(data.glob("*/flair.nii.gz")):
+        return "open_ms"
+    if any(data.glob("*/mask_th12_l5.nii.gz")):
+        return "spine_chu"
+    raise errors.InputError(
+        f"{data}: unknown dataset layout; expected <site>/<subject>/wmh.nii.gz (WMH challenge), "
+        "<subject>/{flair,t1,lesion}.nii.gz (open_ms), <case>/{image,mask_th12_l5}.nii.gz "
+        "(spine_chu) or a CSV; or pass --layout")
+
+
+def load_subjects(data: Path, layout: str, inputs: Sequence[str]) -> list:
+    """Subjects of a dataset folder/CSV through the adapters of :mod:`zoo.training.datasets`."""
+    layout = detect_layout(data) if layout == "auto" else layout
+    if layout == "csv":
+        return datasets.from_csv(data, inputs)
+    if layout == "wmh_challenge":
+        return datasets.wmh_challenge(data, inputs=tuple(inputs))
+    if layout == "open_ms":
+        return datasets.open_ms(data)
+    if layout == "spine_chu":
+        return datasets.spine_chu(data)
+    raise errors.InputError(f"unknown layout {layout!r}")
+
+
+def start_weights(init_from: str | Path, variant: str) -> list[Path]:
+    """Weights to fine-tune from: a registered entry's weights (its ``variant`` if it has one,
+    else its default), a folder of ``member{i}.npz`` files, or one file."""
+    name = str(init_from)
+    if name in registry.ENTRIES:
+        card = registry.card(name)
+        rec = card["variants"].get(variant) or card.variant(None)
+        if not rec["weights"]:
+            raise errors.WeightsNotAvailableError(f"{name} ships no weights to fine-tune from")
+        return list(weights_mod.resolve(rec["weights"], name, variant))
+    path = Path(name)
+    if path.is_dir():
+        files = sorted(path.glob("member*.npz"))
+        if not files:
+            raise errors.WeightsNotAvailableError(f"{path} holds no member*.npz weights")
+        return files
+    if path.is_file():
+        return [path]
+    raise errors.WeightsNotAvailableError(f"{init_from} is neither a registered entry nor a weights path")
+
+
+def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: str | None = None,
+                variant: str | None = None, out_dir: str | Path | None = None, epochs: int | None = None,
+                steps_per_epoch: int | None = None, members: int | None = None,
+                batch_size: int | None = None, strategy: str = "auto", mixed_precision: str | None = None,
+                val_ids: Sequence[str] = (), options: Mapping[str, Any] | None = None,
+                resample: bool = False, init_from: str | Path | None = None,
+                command: str | None = None, verbose: Any = "auto") -> dict[str, Any]:
+    """Train (or, with ``init_from``, fine-tune) entry ``name`` on ``data``.
+
+    Returns the run record (see :func:`zoo.training.trainer.train`) with ``out_dir`` added.
+    Raises RecipeError, CardError, InputError subclasses, WeightsError.
+    """
+    from zoo.training.trainer import train
+
+    data = Path(data)
+    overrides = {} if batch_size is None else {"batch_size": int(batch_size)}
+    rec = load_recipe(recipe or name, variant, overrides)
+    detected = detect_layout(data) if layout == "auto" else layout
+    card = registry.card(name).with_options({**LAYOUT_OPTIONS.get(detected, {}), **dict(options or {})})
+    inputs = card.variant(rec["variant"])["inputs"]
+    subjects = load_subjects(data, detected, inputs)
+    val = [s for s in subjects if s.id in set(val_ids)]
+    unknown = set(val_ids) - {s.id for s in subjects}
+    if unknown:
+        raise errors.InputError(f"validation subjects not in {data}: {sorted(unknown)}")
+    train_subjects = [s for s in subjects if s.id not in set(val_ids)]
+    init = start_weights(init_from, rec["variant"]) if init_from is not None else None
+    out = Path(out_dir) if out_dir else Path("runs") / f"{name}-{rec['variant']}"
+    record = train(card, rec, train_subjects, out, val_subjects=val, members=members, epochs=epochs,
+                   steps_per_epoch=steps_per_epoch, strategy=strategy, mixed_precision=mixed_precision,
+                   init_from=init, resample=resample, command=command, verbose=verbose)
+    record["out_dir"] = str(out)
+    return record
