@@ -79,16 +79,24 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
                 batch_size: int | None = None, strategy: str = "auto", mixed_precision: str | None = None,
                 val_ids: Sequence[str] = (), options: Mapping[str, Any] | None = None,
                 resample: bool = False, init_from: str | Path | None = None,
-                command: str | None = None, verbose: Any = "auto") -> dict[str, Any]:
+                recipe_set: Mapping[str, Any] | None = None, command: str | None = None,
+                verbose: Any = "auto") -> dict[str, Any]:
     """Train (or, with ``init_from``, fine-tune) entry ``name`` on ``data``.
 
+    ``recipe_set`` overrides recipe values by dotted key (``{"data.patch_size": 104}``).
     Returns the run record (see :func:`zoo.training.trainer.train`) with ``out_dir`` added.
     Raises RecipeError, CardError, InputError subclasses, WeightsError.
     """
     from zoo.training.trainer import train
 
     data = Path(data)
-    overrides = {} if batch_size is None else {"batch_size": int(batch_size)}
+    overrides: dict[str, Any] = {} if batch_size is None else {"batch_size": int(batch_size)}
+    for dotted, value in (recipe_set or {}).items():
+        node = overrides
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
     rec = load_recipe(recipe or name, variant, overrides)
     detected = detect_layout(data) if layout == "auto" else layout
     card = registry.card(name).with_options({**LAYOUT_OPTIONS.get(detected, {}), **dict(options or {})})

@@ -148,16 +148,33 @@ class CollapseGuard(keras.callbacks.Callback):
 
 # --- data ----------------------------------------------------------------------------------------
 def make_dataset(slices: SliceSet, batch_size: int, seed: int, *, flip_lr: bool,
-                 shuffle: bool = True) -> tf.data.Dataset:
+                 shuffle: bool = True, patch_size: int | None = None,
+                 foreground_fraction: float = 0.5) -> tf.data.Dataset:
     """An endless ``tf.data`` stream of ``(image, mask)`` batches.
 
     The static left-right mirror (spec §8.1) doubles the set without copying memory: index
     ``i >= M`` is slice ``i - M`` flipped along the column axis. Each pass over the doubled set
     is reshuffled with a seeded generator (reproducible batch order per member seed).
+    With ``patch_size`` each slice is cut to a random ``patch_size`` square: centred on a
+    random label voxel with probability ``foreground_fraction`` when the slice has one, else
+    on a random voxel of the slice (clipped so the patch stays inside).
     """
     m = len(slices)
     n = 2 * m if flip_lr else m
     images, masks = slices.images, slices.masks
+    h, w = images.shape[1:3]
+
+    def cut(rng, img, msk):
+        if not patch_size:
+            return img, msk
+        fg = np.argwhere(msk[..., 0] > 0)
+        if len(fg) and rng.random() < foreground_fraction:
+            r, c = fg[rng.integers(len(fg))]
+        else:
+            r, c = rng.integers(h), rng.integers(w)
+        r0 = int(np.clip(r - patch_size // 2, 0, h - patch_size))
+        c0 = int(np.clip(c - patch_size // 2, 0, w - patch_size))
+        return img[r0:r0 + patch_size, c0:c0 + patch_size], msk[r0:r0 + patch_size, c0:c0 + patch_size]
 
     def gen():
         rng = np.random.default_rng(seed)
@@ -166,11 +183,13 @@ def make_dataset(slices: SliceSet, batch_size: int, seed: int, *, flip_lr: bool,
             for i in order:
                 j = i % m
                 if i >= m:
-                    yield images[j, :, ::-1], masks[j, :, ::-1]
+                    yield cut(rng, images[j, :, ::-1], masks[j, :, ::-1])
                 else:
-                    yield images[j], masks[j]
+                    yield cut(rng, images[j], masks[j])
 
-    sig = (tf.TensorSpec(images.shape[1:], tf.float32), tf.TensorSpec(masks.shape[1:], tf.float32))
+    shape = (patch_size, patch_size) if patch_size else (h, w)
+    sig = (tf.TensorSpec((*shape, images.shape[-1]), tf.float32),
+           tf.TensorSpec((*shape, masks.shape[-1]), tf.float32))
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -187,10 +206,14 @@ def epoch_steps(n_slices: int, recipe: Mapping[str, Any]) -> int:
 
 
 # --- members ---------------------------------------------------------------------------------------
-def build_member(card: ModelCard, variant: str, member: int) -> keras.Model:
-    """One untrained member of the card's architecture (same builder as prediction)."""
+def build_member(card: ModelCard, variant: str, member: int, patch_size: int | None = None) -> keras.Model:
+    """One untrained member of the card's architecture (same builder as prediction); with
+    ``patch_size`` built for square patches (same layers and weight shapes)."""
     arch = card.variant(variant)["architecture"]
-    return build_unet2d(tuple(arch["input_shape"]), batch_norm=bool(arch.get("batch_norm", False)),
+    shape = tuple(arch["input_shape"])
+    if patch_size:
+        shape = (int(patch_size), int(patch_size), shape[-1])
+    return build_unet2d(shape, batch_norm=bool(arch.get("batch_norm", False)),
                         head=arch.get("head", "sigmoid1"), name=f"member{member}")
 
 
@@ -230,7 +253,7 @@ def train_member(card: ModelCard, variant: str, recipe: Mapping[str, Any], train
     for attempt in range(int(guard["max_restarts"]) + 1):
         keras.utils.set_random_seed(seed + 1000 * attempt)
         with strategy.scope():
-            net = build_member(card, variant, member)
+            net = build_member(card, variant, member, recipe["data"].get("patch_size"))
             if init_weights is not None:
                 weights_mod.load_weights(net, init_weights)
             frozen = freeze_layers(net, freeze)
@@ -252,9 +275,12 @@ def train_member(card: ModelCard, variant: str, recipe: Mapping[str, Any], train
         (mdir / "checkpoints").mkdir(exist_ok=True)
         val_ds = None
         if val is not None and len(val):
-            val_ds = make_dataset(val, int(recipe["batch_size"]), seed, flip_lr=False, shuffle=False)
+            val_ds = make_dataset(val, int(recipe["batch_size"]), seed, flip_lr=False, shuffle=False,
+                                  patch_size=recipe["data"].get("patch_size"))
         history = model.fit(make_dataset(train, int(recipe["batch_size"]), seed + 1000 * attempt,
-                                         flip_lr=bool(recipe["augmentation"]["flip_lr"])),
+                                         flip_lr=bool(recipe["augmentation"]["flip_lr"]),
+                                         patch_size=recipe["data"].get("patch_size"),
+                                         foreground_fraction=float(recipe["data"].get("patch_foreground_fraction", 0.5))),
                             epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
                             validation_data=val_ds,
                             validation_steps=None if val_ds is None else math.ceil(len(val) / int(recipe["batch_size"])))

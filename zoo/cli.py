@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's)")
         p.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "multiworker", "none"])
         p.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"], default=None)
+        p.add_argument("--set", dest="recipe_set", action="append", type=_option, default=[],
+                       metavar="KEY=VALUE", help="recipe value by dotted key, parsed as YAML "
+                       "(e.g. data.patch_size=104, optimizer.learning_rate=1e-4); repeatable")
         p.add_argument("--val", action="append", default=[], metavar="SUBJECT",
                        help="subject id held out for validation (repeatable)")
         p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
@@ -217,7 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         members=args.members, batch_size=args.batch_size, strategy=args.strategy,
         mixed_precision=args.mixed_precision, val_ids=args.val,
         options=_unique(args.option, "--option"), resample=args.resample,
-        init_from=getattr(args, "init_from", None), command="zoo " + " ".join(sys.argv[1:]))
+        init_from=getattr(args, "init_from", None), recipe_set=_unique(args.recipe_set, "--set"),
+        command="zoo " + " ".join(sys.argv[1:]))
     for m in record["members"]:
         print(f"member{m['member']}: {m['epochs']} epoch(s), final loss "
               f"{m['history']['loss'][-1]:.4f}, weights {record['out_dir']}/{m['weights']['file']} "
