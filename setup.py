@@ -17,7 +17,7 @@ setup(
     package_data={
         "zoo.cards": ["*.yaml", "*.json"],
         "zoo.training": ["recipes/*.yaml", "*.json"],
-        "zoo.bundled_weights": ["*/*"],
+        "zoo.bundled_weights": ["*/*/*.npz"],
     },
     install_requires=[
         "tensorflow>=2.20",
@@ -33,6 +33,7 @@ setup(
         "tqdm>=4.66",
         "tensorboard>=2.20",
     ],
-    extras_require={"test": ["pytest>=8"], "onnx": ["tf2onnx", "onnxruntime"]},
+    extras_require={"test": ["pytest>=8", "pillow>=10"], "viz": ["pillow>=10"],
+                    "onnx": ["tf2onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["zoo=zoo.cli:main"]},
 )

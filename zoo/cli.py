@@ -159,6 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resample", action="store_true",
                        help="resample inputs on another grid onto the reference input's grid")
         p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score weights on labelled subjects",
+                       description="Predict labelled subjects and score them with the challenge metrics.")
+    p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
+    p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV")
+    p.add_argument("--layout", default="auto", choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "csv"])
+    p.add_argument("--subject", action="append", default=[], metavar="ID",
+                   help="evaluate only these subjects (repeatable; default all)")
+    p.add_argument("--variant")
+    p.add_argument("--weights", metavar="PATH_OR_URL", help="weights (default: the card's)")
+    p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE")
+    p.add_argument("--save-predictions", action="store_true")
+    p.add_argument("--overlays", action="store_true", help="write PNG overlays (needs Pillow)")
+    p.add_argument("-o", "--output", dest="out_dir", type=Path, required=True, metavar="OUT_DIR")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -227,6 +242,30 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{m['history']['loss'][-1]:.4f}, weights {record['out_dir']}/{m['weights']['file']} "
               f"(sha256 {m['weights']['sha256']})")
     print(f"run record: {record['out_dir']}/run_record.json")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``zoo evaluate``: per-case metrics and their summary for labelled subjects."""
+    from zoo import registry
+    from zoo.training import run
+    from zoo.training.evaluate import COLUMNS, evaluate
+
+    layout = run.detect_layout(args.data) if args.layout == "auto" else args.layout
+    options = {**run.LAYOUT_OPTIONS.get(layout, {}), **_unique(args.option, "--option")}
+    inputs = registry.card(args.name).variant(args.variant)["inputs"]
+    subjects = run.load_subjects(args.data, layout, inputs)
+    if args.subject:
+        missing = set(args.subject) - {s.id for s in subjects}
+        if missing:
+            raise UsageError(f"subjects not found in {args.data}: {sorted(missing)}")
+        subjects = [s for s in subjects if s.id in set(args.subject)]
+    result = evaluate(args.name, subjects, args.out_dir, variant=args.variant,
+                      weights=args.weights or "default", options=options,
+                      save_predictions=args.save_predictions, overlays=args.overlays)
+    for case in result["cases"]:
+        print(case["subject"] + ": " + ", ".join(f"{c} {case[c]:.4f}" for c in COLUMNS))
+    print(f"metrics: {args.out_dir}/metrics.csv, summary: {args.out_dir}/summary.json")
     return 0
 
 
