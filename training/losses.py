@@ -26,7 +26,10 @@ class SoftDiceLoss(keras.losses.Loss):
 
       - ``"batch"`` (default, spec §6): the sums run over every pixel of every slice of the
         batch flattened together; one Dice per batch. This is not the mean of per-slice Dice
-        values. Under data parallelism it becomes per replica.
+        values. Under data parallelism it becomes per replica, and the value is divided by the
+        number of replicas in sync (the Keras convention, which Keras' own reduction skips for
+        a scalar loss): replica gradients then sum to the mean gradient and the logged loss
+        (which Keras multiplies back) stays the Dice loss in [0, 1].
       - ``"per_sample"`` (for comparison): one Dice per slice (sums over H, W and the
         foreground channel), and the loss is the mean over the batch of ``1 − Dice_i``.
 
@@ -71,7 +74,9 @@ class SoftDiceLoss(keras.losses.Loss):
         if sample_weight is not None:
             raise ValueError("SoftDiceLoss is a batch-global Dice (spec §6); sample weights have no "
                              "per-sample meaning for it. Drop sample_weight/class_weight.")
-        return super().__call__(y_true, y_pred)
+        loss = super().__call__(y_true, y_pred)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return loss * (1.0 / replicas) if replicas > 1 else loss
 
     def call(self, y_true, y_pred):
         y_true = tf.cast(y_true, tf.float32)

@@ -46,7 +46,7 @@ def load_subjects(data: Path, layout: str, inputs: Sequence[str]) -> list:
     if layout == "wmh_challenge":
         return datasets.wmh_challenge(data, inputs=tuple(inputs))
     if layout == "open_ms":
-        return datasets.open_ms(data)
+        return datasets.open_ms(data, tuple(inputs))
     if layout == "spine_chu":
         return datasets.spine_chu(data)
     raise errors.InputError(f"unknown layout {layout!r}")

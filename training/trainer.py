@@ -146,6 +146,22 @@ class CollapseGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class NetCheckpoint(keras.callbacks.Callback):
+    """Saves the trained network (not the optimizer) after every epoch as
+    ``epoch{NNN}.npz`` in the zoo's float16 format (about 17 MB for the WMH U-Net), so any
+    epoch can be loaded with ``zoo.load(..., weights=...)`` or ``zoo evaluate``. Resuming an
+    interrupted run uses the separate BackupAndRestore state."""
+
+    def __init__(self, net: keras.Model, folder: Path):
+        super().__init__()
+        self.net = net
+        self.folder = Path(folder)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weights_mod.save_weights(self.net, self.folder / f"epoch{epoch + 1:03d}.npz")
+
+
 # --- data ----------------------------------------------------------------------------------------
 def make_dataset(slices: SliceSet, batch_size: int, seed: int, *, flip_lr: bool,
                  shuffle: bool = True, patch_size: int | None = None,
@@ -239,10 +255,15 @@ def train_member(card: ModelCard, variant: str, recipe: Mapping[str, Any], train
                  member: int, out_dir: Path, *, epochs: int, steps_per_epoch: int | None,
                  strategy: tf.distribute.Strategy, val: SliceSet | None = None,
                  init_weights: str | Path | None = None, freeze: Sequence[str] = (),
+                 callbacks: Sequence[keras.callbacks.Callback] = (),
                  verbose: Any = "auto") -> dict[str, Any]:
     """Train one ensemble member; returns its record (seed, attempts, history, weights sha256).
 
-    Re-running with the same ``out_dir`` resumes an interrupted run (BackupAndRestore).
+    Re-running with the same ``out_dir`` resumes an interrupted run (BackupAndRestore): the
+    record's ``epochs`` then counts every epoch of the run, ``resumed_from_epoch`` says where
+    this call started, and ``history`` holds the epochs of this call (``log.csv`` has them all).
+    ``callbacks`` are extra Keras callbacks, run after the built-in ones (backup, CSV log,
+    TensorBoard, checkpoint, collapse guard).
     """
     seed = int(recipe["seeds"][member])
     mdir = out_dir / f"member{member}"
@@ -268,9 +289,9 @@ def train_member(card: ModelCard, variant: str, recipe: Mapping[str, Any], train
             keras.callbacks.BackupAndRestore(str(mdir / "backup")),
             keras.callbacks.CSVLogger(str(mdir / "log.csv"), append=True),
             keras.callbacks.TensorBoard(str(mdir / "tensorboard"), write_graph=False),
-            keras.callbacks.ModelCheckpoint(str(mdir / "checkpoints" / "epoch{epoch:03d}.weights.h5"),
-                                            save_weights_only=True),
+            NetCheckpoint(net, mdir / "checkpoints"),
             collapse,
+            *callbacks,
         ]
         (mdir / "checkpoints").mkdir(exist_ok=True)
         val_ds = None
@@ -296,7 +317,9 @@ def train_member(card: ModelCard, variant: str, recipe: Mapping[str, Any], train
                               "check the learning rate and the labels")
     wpath = out_dir / f"member{member}.npz"
     digest = weights_mod.save_weights(net, wpath)
-    return {"member": member, "seed": seed, "attempts": attempt + 1, "epochs": len(history.epoch),
+    first = history.epoch[0] if history.epoch else 0  # > 0 when BackupAndRestore resumed the run
+    return {"member": member, "seed": seed, "attempts": attempt + 1,
+            "epochs": first + len(history.epoch), "resumed_from_epoch": first or None,
             "steps_per_epoch": steps, "frozen_layers": frozen,
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
             "weights": {"file": wpath.name, "sha256": digest, "size": wpath.stat().st_size},
@@ -308,7 +331,8 @@ def train(card: ModelCard, recipe: Mapping[str, Any], subjects: Sequence[Any], o
           val_subjects: Sequence[Any] = (), members: int | None = None, epochs: int | None = None,
           steps_per_epoch: int | None = None, strategy: str = "auto", mixed_precision: str | None = None,
           init_from: Sequence[str | Path] | None = None, freeze: Sequence[str] | None = None,
-          resample: bool = False, command: str | None = None, verbose: Any = "auto") -> dict[str, Any]:
+          resample: bool = False, command: str | None = None,
+          callbacks: Sequence[keras.callbacks.Callback] = (), verbose: Any = "auto") -> dict[str, Any]:
     """Train ``members`` ensemble members of ``card``'s entry with ``recipe``.
 
     Args:
@@ -324,6 +348,7 @@ def train(card: ModelCard, recipe: Mapping[str, Any], subjects: Sequence[Any], o
             sigmoid head stay float32.
         init_from: one weights file per member to start from (fine-tuning).
         freeze: layer-name prefixes to freeze (fine-tuning).
+        callbacks: extra Keras callbacks for every member's ``fit`` (after the built-in ones).
     Returns:
         The run record (also written to ``out_dir/run_record.json``).
     """
@@ -351,7 +376,7 @@ def train(card: ModelCard, recipe: Mapping[str, Any], subjects: Sequence[Any], o
             results.append(train_member(card, variant, recipe, train_set, member, out, epochs=n_epochs,
                                         steps_per_epoch=steps_per_epoch, strategy=strat, val=val_set,
                                         init_weights=init, freeze=freeze or recipe["finetune"]["freeze"],
-                                        verbose=verbose))
+                                        callbacks=callbacks, verbose=verbose))
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
     record = {

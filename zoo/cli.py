@@ -236,7 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision, val_ids=args.val,
         options=_unique(args.option, "--option"), resample=args.resample,
         init_from=getattr(args, "init_from", None), recipe_set=_unique(args.recipe_set, "--set"),
-        command="zoo " + " ".join(sys.argv[1:]))
+        command="zoo " + " ".join(args.argv))
     for m in record["members"]:
         print(f"member{m['member']}: {m['epochs']} epoch(s), final loss "
               f"{m['history']['loss'][-1]:.4f}, weights {record['out_dir']}/{m['weights']['file']} "
@@ -456,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        args.argv = argv  # recorded by commands that write a run record
     except UsageError as exc:
         print(f"zoo: error: {_one_line(exc)}", file=sys.stderr)
         return 2
