@@ -7,7 +7,6 @@ a message naming the file. CPU only, small synthetic volumes written to ``tmp_pa
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 

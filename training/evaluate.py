@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from zoo import metrics, registry
-from zoo.io import read_volume
+from zoo.io import atomic_write_text, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +58,6 @@ def evaluate(name: str, subjects: Sequence[Any], out_dir: str | Path, *, variant
     summary = {c: metrics.summarise(table[c].to_numpy(dtype=float)) for c in COLUMNS}
     result = {"entry": name, "variant": model.variant, "weights": model.weights_source,
               "cases": rows, "summary": summary}
-    _atomic_text(out / "metrics.csv", table.to_csv(index=False))
-    _atomic_text(out / "summary.json", json.dumps(result, indent=2, default=float) + "\n")
+    atomic_write_text(out / "metrics.csv", table.to_csv(index=False))
+    atomic_write_text(out / "summary.json", json.dumps(result, indent=2, default=float) + "\n")
     return result
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

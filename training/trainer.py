@@ -21,7 +21,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -33,6 +32,7 @@ import tensorflow as tf
 from zoo import errors, weights as weights_mod
 from zoo.architectures.unet2d import build_unet2d
 from zoo.card import ModelCard
+from zoo.io import atomic_write_text
 from zoo.training.augment import augment_batch
 from zoo.training.losses import SoftDiceLoss
 from zoo.training.slices import SliceSet, build_slices
@@ -411,8 +411,4 @@ def environment() -> dict[str, Any]:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

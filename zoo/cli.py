@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -426,15 +424,9 @@ def write_report(records: list[dict[str, Any]], path: Path) -> None:
     """Write the batch report CSV atomically (temporary file in the same folder + rename)."""
     import pandas as pd
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            pd.DataFrame(records, columns=REPORT_COLUMNS).to_csv(fh, index=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    from zoo.io import atomic_write_text
+
+    atomic_write_text(path, pd.DataFrame(records, columns=REPORT_COLUMNS).to_csv(index=False))
 
 
 def _one_line(exc: BaseException | str) -> str:

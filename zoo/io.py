@@ -363,6 +363,22 @@ def atomic_write_image(img: nib.Nifti1Image, path: str | os.PathLike,
     return dest
 
 
+def atomic_write_text(path: str | os.PathLike, text: str, protected: Iterable[Path] = ()) -> Path:
+    """Write a text file (CSV, JSON, YAML) atomically: temporary file in the same folder, then
+    rename, so readers never see a half-written file. Refuses ``protected`` paths (OutputError)."""
+    dest = Path(path)
+    _refuse_protected(dest, protected)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
 def _refuse_protected(dest: Path, protected: Iterable[Path]) -> None:
     target = dest.resolve()
     for p in protected:

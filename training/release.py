@@ -1,0 +1,53 @@
+"""Ship a run's weights: copy ``member{i}.npz`` from a run folder into the repository's
+``weights/<entry>/<variant>/`` and print the card records (file, sha256, size).
+
+    python -m zoo.training.release runs/wmh_ensemble-flair wmh_ensemble flair [--weights-dir weights]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from zoo import errors
+from zoo.weights import sha256_file
+
+
+def ship(run_dir: str | Path, entry: str, variant: str, weights_dir: str | Path = "weights") -> list[dict]:
+    """Copy a run's member weights next to the package and return their card records.
+
+    Verifies each file against the sha256 in the run's ``run_record.json`` before copying.
+    Raises ZooError when the run is incomplete or a checksum differs.
+    """
+    run = Path(run_dir)
+    record = json.loads((run / "run_record.json").read_text())
+    if record["entry"] != entry or record["variant"] != variant:
+        raise errors.ZooError(f"{run} trained {record['entry']}/{record['variant']}, not {entry}/{variant}")
+    dest = Path(weights_dir) / entry / variant
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for m in record["members"]:
+        src = run / m["weights"]["file"]
+        if sha256_file(src) != m["weights"]["sha256"]:
+            raise errors.ChecksumError(f"{src} differs from the sha256 in {run}/run_record.json")
+        shutil.copyfile(src, dest / src.name)
+        out.append({"file": f"{entry}/{variant}/{src.name}", "sha256": m["weights"]["sha256"],
+                    "size": (dest / src.name).stat().st_size, "member": m["member"]})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("entry")
+    ap.add_argument("variant")
+    ap.add_argument("--weights-dir", default="weights")
+    a = ap.parse_args()
+    for rec in ship(a.run_dir, a.entry, a.variant, a.weights_dir):
+        print(f"      - {{file: {rec['file']}, sha256: {rec['sha256']}, size: {rec['size']}, member: {rec['member']}}}")
+
+
+if __name__ == "__main__":
+    main()
