@@ -108,5 +108,7 @@ def test_list_has_one_row_per_entry():
     assert list(df["name"]) == sorted(ENTRIES)
     row = df.set_index("name").loc["wmh_ensemble"]
     assert row["modalities"] == "FLAIR, T1w"
-    assert row["weights"] == "none shipped"
+    c = zoo.card("wmh_ensemble")
+    for variant, rec in c["variants"].items():
+        assert f"{variant}: {'bundled' if rec['weights'] else 'none shipped'}" in row["weights"]
     assert row["version"] == zoo.card("wmh_ensemble").version

@@ -160,7 +160,7 @@ def test_t1_on_another_grid(model, mni_slab):
 
 
 def test_given_brain_mask_replaces_the_computed_one(mni_slab):
-    m = zoo.load("wmh_ensemble", variant="flair", weights=None)  # paper's threshold method
+    m = zoo.load("wmh_ensemble", variant="flair", weights=None, options={"mask_method": "threshold"})
     fl = nib.load(mni_slab["flair"])
     mask = (np.asarray(fl.dataobj) != 0).astype(np.uint8)
     a = m.predict({"flair": fl, "brain_mask": (mask, fl.affine)})

@@ -42,7 +42,6 @@ def list_entries():
     rows = []
     for name in sorted(ENTRIES):
         c = card(name)
-        default = c.variant(None)
         rows.append({
             "name": name,
             "task": c["task"],
@@ -50,7 +49,7 @@ def list_entries():
             "version": c.version,
             "variants": ", ".join(c["variants"]),
             "default_variant": c["default_variant"],
-            "weights": _weights_status(default["weights"]),
+            "weights": ", ".join(f"{v}: {_weights_status(rec['weights'])}" for v, rec in c["variants"].items()),
         })
     return pd.DataFrame(rows, columns=["name", "task", "modalities", "version", "variants",
                                        "default_variant", "weights"])
