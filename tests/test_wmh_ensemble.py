@@ -183,9 +183,22 @@ def test_save_never_overwrites_an_input(model, mni_slab, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wmh.nii.gz"]  # nothing partial
 
 
-def test_weights_load_paths(tmp_path, mni_slab):
-    with pytest.raises(errors.WeightsNotAvailableError, match="ships no trained weights"):
-        zoo.load("wmh_ensemble")
+def test_weights_load_paths(tmp_path, mni_slab, monkeypatch):
+    from zoo import registry
+
+    bundled = registry.card
+
+    def card_without_weights(name):
+        c = bundled(name)
+        for rec in c.data["variants"].values():
+            rec["weights"] = []
+        return c
+
+    with monkeypatch.context() as mp:
+        mp.setattr(registry, "card", card_without_weights)
+        with pytest.raises(errors.WeightsNotAvailableError, match="ships no trained weights"):
+            zoo.load("wmh_ensemble")
+    # your own weights load for a variant whose card lists shipped weights too
     m = zoo.load("wmh_ensemble", variant="flair", weights=None)
     for i, member in enumerate(m.models):
         weights.save_weights(member, tmp_path / f"member{i}.npz")

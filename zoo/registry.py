@@ -99,11 +99,22 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
 
 def _weight_paths(c: ModelCard, variant: str, records: list[dict], weights: Any,
                   n_members: int) -> tuple[list[Path], list[str | None]]:
+    """Weight files and the checksums to verify them with.
+
+    Explicit local files (a folder of ``member{i}.npz``, a file, a list) are the user's own
+    weights and load without a card checksum; an explicit URL and the default resolve the
+    card's records (each sha256-checked).
+    """
     explicit = None if weights == DEFAULT else weights
-    if records:
-        paths = weights_mod.resolve(records, c.id, variant, explicit=explicit)
-        return list(paths), [r["sha256"] for r in records]
-    if explicit is None:
+    is_url = isinstance(explicit, str) and explicit.split("://", 1)[0] in ("http", "https", "file")
+    if explicit is None or is_url:
+        if records:
+            paths = weights_mod.resolve(records, c.id, variant, explicit=explicit)
+            if len(paths) != n_members:
+                raise errors.WeightsError(
+                    f"{c.id} (variant {variant}) ships {len(paths)} member weights but n_members is "
+                    f"{n_members}; pass your own weights or keep n_members={len(paths)}")
+            return list(paths), [r["sha256"] for r in records]
         raise errors.WeightsNotAvailableError(
             f"{c.id} (variant {variant}) ships no trained weights in card version {c.version}. "
             f"Pass weights='folder/with/member0.npz...' (e.g. from `zoo train` or converted from the "
@@ -125,5 +136,5 @@ def _weight_paths(c: ModelCard, variant: str, records: list[dict], weights: Any,
     for p in paths:
         if not p.is_file():
             raise errors.WeightsNotAvailableError(f"weights file not found: {p}")
-    log.warning("%s: loading weights without a card checksum (%s)", c.id, ", ".join(map(str, paths)))
+    log.warning("%s: loading your own weights without a card checksum (%s)", c.id, ", ".join(map(str, paths)))
     return paths, [None] * len(paths)
