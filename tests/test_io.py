@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from zoo import errors
-from zoo.io import Volume, atomic_write_image, read_volume
+from zoo.io import atomic_write_image, read_volume
 
 sitk = pytest.importorskip("SimpleITK")
 
