@@ -442,10 +442,14 @@ def test_align_inputs_resamples_integer_shift_exactly():
 
 # --- the card's slice pipeline ---------------------------------------------------------------------
 def _card_steps(method: str = "nonzero"):
+    """The card's steps at the paper's native in-plane spacing (no resampling), so the expected
+    network-space positions below are exact."""
     steps = copy.deepcopy(ModelCard.bundled("wmh_ensemble")["preprocessing"]["steps"])
     for s in steps:
         if s["step"] == "brain_mask":
             s["method"] = method
+        if s["step"] == "resample_inplane":
+            s["spacing_mm"] = None
     return steps
 
 

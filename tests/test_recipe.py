@@ -20,7 +20,7 @@ def raw() -> dict:
     """The bundled recipe as written (before variant/overrides)."""
     from importlib import resources
 
-    text = resources.files("zoo.training").joinpath("recipes", "wmh_ensemble.yaml").read_text()
+    text = resources.files("zoo.training").joinpath("recipes", "wmh_ensemble.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 

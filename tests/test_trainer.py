@@ -290,7 +290,7 @@ def test_train_smoke_writes_weights_and_record(variant, channels, card, subjects
     assert wpath.is_file() and member["weights"]["file"] == "member0.npz"
     assert weights_mod.sha256_file(wpath) == member["weights"]["sha256"]
     assert member["weights"]["size"] == wpath.stat().st_size
-    assert json.loads((out / "run_record.json").read_text()) == json.loads(json.dumps(record, default=str))
+    assert json.loads((out / "run_record.json").read_text(encoding="utf-8")) == json.loads(json.dumps(record, default=str))
     # record contents
     assert record["entry"] == "wmh_ensemble" and record["variant"] == variant
     assert record["recipe"]["variant"] == variant and record["recipe"]["data"]["patch_size"] == 48
@@ -475,7 +475,7 @@ def test_cli_train(cli_runs):
     out = run["dir"]
     assert run["code"] == 0
     assert f"{out}/member0.npz" in run["out"] and f"{out}/run_record.json" in run["out"]
-    record = json.loads((out / "run_record.json").read_text())
+    record = json.loads((out / "run_record.json").read_text(encoding="utf-8"))
     assert record["variant"] == "flair" and record["recipe"]["batch_size"] == 2
     assert record["recipe"]["data"]["patch_size"] == 48
     assert [s["id"] for s in record["data"]["train"]] == ["patient01", "patient02"]
@@ -488,7 +488,7 @@ def test_cli_train(cli_runs):
 def test_cli_finetune(cli_runs):
     run, start = cli_runs["finetune"], cli_runs["train"]["dir"] / "member0.npz"
     assert run["code"] == 0 and f"{run['dir']}/member0.npz" in run["out"]
-    record = json.loads((run["dir"] / "run_record.json").read_text())
+    record = json.loads((run["dir"] / "run_record.json").read_text(encoding="utf-8"))
     assert record["init_from"] == [str(start)]
     assert record["recipe"]["finetune"]["freeze"] == ["enc"]  # from --set finetune.freeze=[enc]
     frozen = record["members"][0]["frozen_layers"]
@@ -500,7 +500,7 @@ def test_mixed_bfloat16_step(cli_runs):
     """One mixed_bfloat16 step (the CLI fine-tuning run): finite loss, float32 weights file that
     loads into the float32 prediction model, and the global policy restored afterwards."""
     run = cli_runs["finetune"]
-    record = json.loads((run["dir"] / "run_record.json").read_text())
+    record = json.loads((run["dir"] / "run_record.json").read_text(encoding="utf-8"))
     assert record["mixed_precision"] == "mixed_bfloat16"
     loss = record["members"][0]["history"]["loss"]
     assert len(loss) == 1 and math.isfinite(loss[0]) and 0.0 <= loss[0] <= 1.0

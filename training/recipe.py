@@ -19,7 +19,7 @@ from zoo import errors
 @lru_cache(maxsize=1)
 def schema() -> dict:
     """The JSON Schema every recipe must satisfy."""
-    return json.loads(resources.files("zoo.training").joinpath("recipe_schema.json").read_text())
+    return json.loads(resources.files("zoo.training").joinpath("recipe_schema.json").read_text(encoding="utf-8"))
 
 
 def load_recipe(name_or_path: str | Path, variant: str | None = None,
@@ -38,14 +38,14 @@ def load_recipe(name_or_path: str | Path, variant: str | None = None,
     path = Path(str(name_or_path))
     if path.suffix in (".yaml", ".yml") or path.exists():
         try:
-            text, source = path.read_text(), str(path)
+            text, source = path.read_text(encoding="utf-8"), str(path)
         except OSError as exc:
             raise errors.RecipeError(f"recipe {path} cannot be read: {exc}") from None
     else:
         res = resources.files("zoo.training").joinpath("recipes", f"{name_or_path}.yaml")
         if not res.is_file():
             raise errors.RecipeError(f"no bundled recipe for {name_or_path!r}; pass a recipe YAML path")
-        text, source = res.read_text(), f"training/recipes/{name_or_path}.yaml"
+        text, source = res.read_text(encoding="utf-8"), f"training/recipes/{name_or_path}.yaml"
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

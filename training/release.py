@@ -22,7 +22,7 @@ def ship(run_dir: str | Path, entry: str, variant: str, weights_dir: str | Path 
     Raises ZooError when the run is incomplete or a checksum differs.
     """
     run = Path(run_dir)
-    record = json.loads((run / "run_record.json").read_text())
+    record = json.loads((run / "run_record.json").read_text(encoding="utf-8"))
     if record["entry"] != entry or record["variant"] != variant:
         raise errors.ZooError(f"{run} trained {record['entry']}/{record['variant']}, not {entry}/{variant}")
     dest = Path(weights_dir) / entry / variant

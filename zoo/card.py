@@ -23,7 +23,7 @@ from zoo import errors
 @lru_cache(maxsize=1)
 def schema() -> dict:
     """The JSON Schema (draft 2020-12) every card must satisfy."""
-    return json.loads(resources.files("zoo.cards").joinpath("schema.json").read_text())
+    return json.loads(resources.files("zoo.cards").joinpath("schema.json").read_text(encoding="utf-8"))
 
 
 def validate(data: Mapping[str, Any], source: str = "<card>") -> None:
@@ -61,7 +61,7 @@ class ModelCard:
         """Read and validate a card YAML file. Raises CardError if missing, not YAML or invalid."""
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise errors.CardError(f"card {path} cannot be read: {exc}") from None
         return cls.from_yaml(text, str(path))
@@ -83,7 +83,7 @@ class ModelCard:
         res = resources.files("zoo.cards").joinpath(f"{entry_id}.yaml")
         if not res.is_file():
             raise errors.CardError(f"no bundled card for {entry_id!r}")
-        return cls.from_yaml(res.read_text(), f"cards/{entry_id}.yaml")
+        return cls.from_yaml(res.read_text(encoding="utf-8"), f"cards/{entry_id}.yaml")
 
     # --- accessors ------------------------------------------------------------------------
     @property

@@ -371,7 +371,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, protected: Iterable[Pa
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, dest)
     finally:

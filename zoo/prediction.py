@@ -74,7 +74,7 @@ class Prediction:
                 os.close(fd)
                 temps[name] = tmp
                 if name == "summary":
-                    Path(tmp).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+                    Path(tmp).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
                 else:
                     nib.save(self.images[name], tmp)
             for name, tmp in temps.items():
