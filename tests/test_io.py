@@ -7,6 +7,7 @@ a message naming the file. CPU only, small synthetic volumes written to ``tmp_pa
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -496,3 +497,18 @@ def test_atomic_write_failure_leaves_no_temp(tmp_path, monkeypatch):
         atomic_write_image(vol.to_image(np.zeros(SHAPE), np.uint8), dest)
     assert dest.read_bytes() == b"old content"
     assert _listing(tmp_path) == {"pred.nii.gz"}
+
+
+def test_atomic_outputs_get_normal_file_permissions(tmp_path):
+    """mkstemp files are private (0600); published outputs follow the umask like any file."""
+    from zoo.io import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        img = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4))
+        a = atomic_write_image(img, tmp_path / "a.nii.gz")
+        b = atomic_write_text(tmp_path / "b.csv", "x\n")
+        for path in (a, b):
+            assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)

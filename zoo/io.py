@@ -356,11 +356,21 @@ def atomic_write_image(img: nib.Nifti1Image, path: str | os.PathLike,
     os.close(fd)
     try:
         nib.save(img, tmp)
-        os.replace(tmp, dest)
+        publish(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+def publish(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move a finished temporary file onto ``dest`` atomically (``os.replace``), first giving it
+    the permissions of a normally created file (``0o666`` less the umask): ``mkstemp`` files are
+    private (0600), which would make outputs unreadable to the rest of a research group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, dest)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, protected: Iterable[Path] = ()) -> Path:
@@ -373,7 +383,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, protected: Iterable[Pa
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, dest)
+        publish(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return dest

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from zoo import errors
-from zoo.io import Volume
+from zoo.io import Volume, publish
 from zoo.preprocessing.orientation import Reorientation
 
 
@@ -65,7 +65,7 @@ def overlay_png(image: Volume, mask: np.ndarray, path: str | os.PathLike, *, n_s
     os.close(fd)
     try:
         Image.fromarray(canvas).save(tmp)
-        os.replace(tmp, dest)
+        publish(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return dest

@@ -12,7 +12,7 @@ from typing import Any
 import nibabel as nib
 
 from zoo import errors
-from zoo.io import _refuse_protected
+from zoo.io import _refuse_protected, publish
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Prediction:
                 else:
                     nib.save(self.images[name], tmp)
             for name, tmp in temps.items():
-                os.replace(tmp, targets[name])
+                publish(tmp, targets[name])
         finally:
             for tmp in temps.values():
                 Path(tmp).unlink(missing_ok=True)

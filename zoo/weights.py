@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import ChecksumError, DownloadError, WeightsError, WeightsNotAvailableError
+from zoo.io import publish
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def save_weights(model: Any, path: str | os.PathLike) -> str:
             fh.flush()
             os.fsync(fh.fileno())
         digest = sha256_file(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -433,7 +434,7 @@ def _fetch_one(url: str, dest: Path, sha256: str, timeout: float, size: int | No
         actual = digest.hexdigest()
         if actual != sha256:
             return f"sha256 mismatch: got {actual}, expected {sha256} ({received} bytes received)"
-        os.replace(tmp, dest)
+        publish(tmp, dest)
         done = True
         return None
     except urllib.error.HTTPError as exc:
@@ -695,7 +696,7 @@ def _bundled_as_path(resource: Any, rel: str, destinations: _Destinations) -> Pa
         with os.fdopen(fd, "wb") as out, resource.open("rb") as src:
             for chunk in iter(lambda: src.read(_CHUNK), b""):
                 out.write(chunk)
-        os.replace(tmp_name, dest)
+        publish(tmp_name, dest)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
