@@ -13,6 +13,7 @@ several machines (MultiWorkerMirroredStrategy with ``TF_CONFIG``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -30,7 +31,6 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import errors, weights as weights_mod
-from zoo.architectures.unet2d import build_unet2d
 from zoo.card import ModelCard
 from zoo.io import atomic_write_text
 from zoo.training.augment import augment_batch
@@ -223,14 +223,11 @@ def epoch_steps(n_slices: int, recipe: Mapping[str, Any]) -> int:
 
 # --- members ---------------------------------------------------------------------------------------
 def build_member(card: ModelCard, variant: str, member: int, patch_size: int | None = None) -> keras.Model:
-    """One untrained member of the card's architecture (same builder as prediction); with
-    ``patch_size`` built for square patches (same layers and weight shapes)."""
-    arch = card.variant(variant)["architecture"]
-    shape = tuple(arch["input_shape"])
-    if patch_size:
-        shape = (int(patch_size), int(patch_size), shape[-1])
-    return build_unet2d(shape, batch_norm=bool(arch.get("batch_norm", False)),
-                        head=arch.get("head", "sigmoid1"), name=f"member{member}")
+    """One untrained member, built by the card's entry module (the same builder as prediction)."""
+    from zoo import registry
+
+    entry = importlib.import_module(registry.ENTRIES[card.id])
+    return entry.build_member(card, variant, member, patch_size)
 
 
 def _optimizer(spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:

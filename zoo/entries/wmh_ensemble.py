@@ -31,13 +31,23 @@ from zoo.prediction import Prediction
 ID = "wmh_ensemble"
 
 
+def build_member(card: ModelCard, variant: str, member: int, patch_size: int | None = None) -> keras.Model:
+    """One untrained member of ``variant``'s architecture, named ``member{member}``.
+
+    ``patch_size`` builds it for square ``(patch_size, patch_size)`` inputs (patch training):
+    the same layers and weight shapes, so the weights load into the card's 200x200 model.
+    """
+    arch = card.variant(variant)["architecture"]
+    shape = tuple(arch["input_shape"])
+    if patch_size:
+        shape = (int(patch_size), int(patch_size), shape[-1])
+    return build_unet2d(shape, batch_norm=bool(arch.get("batch_norm", False)),
+                        head=arch.get("head", "sigmoid1"), name=f"member{member}")
+
+
 def build_members(card: ModelCard, variant: str) -> list[keras.Model]:
     """The ensemble members of ``variant`` (untrained), ``inference.n_members`` of them."""
-    arch = card.variant(variant)["architecture"]
-    n = int(card["inference"]["n_members"])
-    return [build_unet2d(tuple(arch["input_shape"]), batch_norm=bool(arch.get("batch_norm", False)),
-                         head=arch.get("head", "sigmoid1"), name=f"member{i}")
-            for i in range(n)]
+    return [build_member(card, variant, i) for i in range(int(card["inference"]["n_members"]))]
 
 
 def pipeline(card: ModelCard, variant: str) -> SlicePipeline:
