@@ -14,6 +14,20 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("ZOO_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def axial_slab(img, k0: int, k1: int):
+    """Axial slices ``k0:k1`` (voxel axis k) of a nibabel image as a new image whose affine
+    places them where they were, with the source header and its qform/sform codes."""
+    import nibabel as nib
+    import numpy as np
+
+    aff = img.affine.copy()
+    aff[:3, 3] = img.affine[:3, :3] @ [0, 0, k0] + img.affine[:3, 3]
+    out = nib.Nifti1Image(np.asarray(img.dataobj)[:, :, k0:k1], aff, img.header.copy())
+    out.header.set_qform(aff, code=int(img.header["qform_code"]))
+    out.header.set_sform(aff, code=int(img.header["sform_code"]))
+    return out
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real-scan folder; skips the test when it is absent (e.g. a user's fresh clone)."""

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import zoo
+from conftest import axial_slab
 from zoo import errors, weights
 
 pytestmark = pytest.mark.realdata
@@ -20,15 +21,7 @@ NONZERO = {"mask_method": "nonzero"}  # open_ms is skull-stripped with a 0 backg
 
 def _slab(src, dst, k0=85, k1=89):
     """Write axial slices k0:k1 of a real scan as a NIfTI file with a consistent header."""
-    img = nib.load(src)
-    data = np.asarray(img.dataobj)[:, :, k0:k1]
-    aff = img.affine.copy()
-    aff[:3, 3] = img.affine[:3, :3] @ [0, 0, k0] + img.affine[:3, 3]
-    hdr = img.header.copy()
-    out = nib.Nifti1Image(data, aff, hdr)
-    out.header.set_qform(aff, code=int(img.header["qform_code"]))
-    out.header.set_sform(aff, code=int(img.header["sform_code"]))
-    nib.save(out, dst)
+    nib.save(axial_slab(nib.load(src), k0, k1), dst)
     return dst
 
 

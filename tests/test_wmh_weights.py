@@ -7,10 +7,10 @@ its 49,769 lesion voxels). Dice thresholds sit well above what a broken model re
 from __future__ import annotations
 
 import nibabel as nib
-import numpy as np
 import pytest
 
 import zoo
+from conftest import axial_slab
 from zoo import metrics, weights
 
 pytestmark = pytest.mark.realdata
@@ -36,9 +36,7 @@ def test_bundled_weights_match_the_card(variant):
 
 
 def _slab(img, k0=80, k1=110):
-    aff = img.affine.copy()
-    aff[:3, 3] = img.affine[:3, :3] @ [0, 0, k0] + img.affine[:3, 3]
-    return nib.Nifti1Image(np.asarray(img.dataobj)[:, :, k0:k1], aff, img.header)
+    return axial_slab(img, k0, k1)
 
 
 @pytest.mark.parametrize("variant", ["flair", "flair_t1"])
