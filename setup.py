@@ -11,12 +11,12 @@ setup(
     python_requires=">=3.10",
     packages=[
         "zoo", "zoo.preprocessing", "zoo.inference", "zoo.architectures", "zoo.entries",
-        "zoo.cards", "zoo.training", "zoo.bundled_weights",
+        "zoo.cards", "zoo.training", "zoo.training.tasks", "zoo.bundled_weights",
     ],
     package_dir={"zoo.cards": "cards", "zoo.training": "training", "zoo.bundled_weights": "weights"},
     package_data={
         "zoo.cards": ["*.yaml", "*.json"],
-        "zoo.training": ["recipes/*.yaml", "*.json"],
+        "zoo.training": ["recipes/*.yaml", "*.json", "task_schemas/*.json"],
         "zoo.bundled_weights": ["*/*/*.npz"],
     },
     install_requires=[

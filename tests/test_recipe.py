@@ -224,3 +224,20 @@ def test_misspelt_nested_key_is_refused(dotted):
 def test_members_need_as_many_seeds():
     with pytest.raises(errors.RecipeError, match="seeds"):
         load_recipe("wmh_ensemble", "flair", {"members": 5})
+
+
+def test_unknown_task_is_refused(raw):
+    """A recipe naming a training task the engine does not have fails validation, naming it."""
+    data = copy.deepcopy(raw)
+    data["task"] = "segmentation7d"
+    with pytest.raises(errors.RecipeError, match="segmentation7d"):
+        validate(data)
+
+
+def test_task_blocks_are_checked_by_the_task_schema(raw):
+    """The common schema only says ``augmentation`` is a mapping; the segmentation2d task schema
+    still refuses a missing required key inside it."""
+    data = copy.deepcopy(raw)
+    del data["augmentation"]["rotation_deg"]
+    with pytest.raises(errors.RecipeError, match="rotation_deg"):
+        validate(data)

@@ -34,6 +34,7 @@ import zoo
 from zoo import errors
 from zoo import weights as weights_mod
 from zoo.training import datasets, trainer
+from zoo.training.tasks import segmentation2d as seg2d
 from zoo.training.recipe import load_recipe
 from zoo.training.slices import SliceSet, band_keep, build_slices, label_to_target
 
@@ -199,20 +200,20 @@ def _items(ds, n):
 def test_make_dataset_mirror_appends_column_flipped_slices():
     s = _small_set()
     m = len(s)
-    items = _items(trainer.make_dataset(s, 3, seed=0, flip_lr=True, shuffle=False), 2 * m + 1)
+    items = _items(seg2d.make_dataset(s, 3, seed=0, flip_lr=True, shuffle=False), 2 * m + 1)
     for i in range(m):
         np.testing.assert_array_equal(items[i][0], s.images[i])
         np.testing.assert_array_equal(items[i][1], s.masks[i])
         np.testing.assert_array_equal(items[m + i][0], s.images[i][:, ::-1])  # column (x) axis
         np.testing.assert_array_equal(items[m + i][1], s.masks[i][:, ::-1])
     np.testing.assert_array_equal(items[2 * m][0], s.images[0])  # endless: next pass starts over
-    no_flip = _items(trainer.make_dataset(s, 2, seed=0, flip_lr=False, shuffle=False), m + 1)
+    no_flip = _items(seg2d.make_dataset(s, 2, seed=0, flip_lr=False, shuffle=False), m + 1)
     np.testing.assert_array_equal(no_flip[m][0], s.images[0])
 
 
 def test_make_dataset_patches_with_foreground():
     s = _small_set()
-    ds = trainer.make_dataset(s, 4, seed=1, flip_lr=True, shuffle=False, patch_size=8,
+    ds = seg2d.make_dataset(s, 4, seed=1, flip_lr=True, shuffle=False, patch_size=8,
                               foreground_fraction=1.0)
     assert ds.element_spec[0].shape.as_list() == [None, 8, 8, 2]
     items = _items(ds, 2 * len(s))
@@ -235,7 +236,7 @@ def test_make_dataset_seeded_order():
     s = _small_set(m=12)
 
     def first(seed):
-        x, y = next(iter(trainer.make_dataset(s, 4, seed=seed, flip_lr=True, patch_size=8)))
+        x, y = next(iter(seg2d.make_dataset(s, 4, seed=seed, flip_lr=True, patch_size=8)))
         return x.numpy(), y.numpy()
 
     a, b, c = first(7), first(7), first(8)
@@ -247,10 +248,10 @@ def test_make_dataset_seeded_order():
 def test_epoch_steps_is_the_papers_four_fold_set():
     rec = load_recipe("wmh_ensemble", "flair_t1")
     for m in (2780, 100, 7, 1):
-        assert trainer.epoch_steps(m, rec) == math.ceil(2 * m / 0.5 / 30)
-    assert trainer.epoch_steps(2780, rec) == 371  # 11,120 slices per epoch in batches of 30
+        assert seg2d.epoch_steps(m, rec) == math.ceil(2 * m / 0.5 / 30)
+    assert seg2d.epoch_steps(2780, rec) == 371  # 11,120 slices per epoch in batches of 30
     no_affine = _merge(rec, {"augmentation": {"affine_probability": 0.0}})
-    assert trainer.epoch_steps(2780, no_affine) == math.ceil(5560 / 30)
+    assert seg2d.epoch_steps(2780, no_affine) == math.ceil(5560 / 30)
 
 
 # --- train() -----------------------------------------------------------------------------------------

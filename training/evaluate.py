@@ -1,13 +1,15 @@
-"""Evaluate an entry's weights on labelled subjects with the challenge metrics.
+"""Evaluate an entry's weights on labelled subjects with the entry's own metrics.
 
-For every subject: predict with the public API (the same path a user takes), score the label
-map against the reference with :func:`zoo.metrics.wmh_challenge`, optionally save the
-prediction and a PNG overlay. Per-case rows and the aggregate (mean, SD, median, IQR, n and
+For every subject: predict with the public API (the same path a user takes), score it with
+the entry module's ``score(subject, prediction, model) -> {column: value}`` (its columns in
+``EVAL_COLUMNS``; ``wmh_ensemble`` uses :func:`zoo.metrics.wmh_challenge`), optionally save
+the prediction and a PNG overlay. Per-case rows and the aggregate (mean, SD, median, IQR, n and
 NaN count; ``specs/metrics.md`` §7) are written as CSV and JSON.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -18,8 +20,9 @@ from zoo.io import atomic_write_text, read_volume
 
 log = logging.getLogger(__name__)
 
-#: Metric columns of the per-case table (specs/metrics.md names).
-COLUMNS = ("dsc", "h95_wmh_mm", "abs_vol_diff_pct", "lesion_recall", "lesion_f1")
+def columns(name: str) -> tuple[str, ...]:
+    """The metric columns of entry ``name``'s per-case table (specs/metrics.md names)."""
+    return tuple(importlib.import_module(registry.ENTRIES[name]).EVAL_COLUMNS)
 
 
 def evaluate(name: str, subjects: Sequence[Any], out_dir: str | Path, *, variant: str | None = None,
@@ -34,6 +37,8 @@ def evaluate(name: str, subjects: Sequence[Any], out_dir: str | Path, *, variant
     import pandas as pd
 
     model = registry.load(name, variant=variant, weights=weights, options=options)
+    entry = importlib.import_module(registry.ENTRIES[name])
+    cols = tuple(entry.EVAL_COLUMNS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -41,11 +46,11 @@ def evaluate(name: str, subjects: Sequence[Any], out_dir: str | Path, *, variant
         inputs = {k: str(v) for k, v in s.images.items() if k in model.input_names}
         pred = model.predict(inputs)
         label_name = next(o["name"] for o in model.card["outputs"] if o["kind"] == "label")
-        scores = metrics.wmh_challenge(str(s.label), pred.images[label_name])
-        row = {"subject": s.id, **{c: scores[c] for c in COLUMNS},
-               "volume_ml": pred.volumes_ml.get(label_name), "flags": ";".join(scores["flags"])}
+        scores = entry.score(s, pred, model)
+        row = {"subject": s.id, **{c: scores[c] for c in cols},
+               "volume_ml": pred.volumes_ml.get(label_name), "flags": ";".join(scores.get("flags", []))}
         rows.append(row)
-        log.info("%s: %s", s.id, {c: round(float(row[c]), 4) for c in COLUMNS})
+        log.info("%s: %s", s.id, {c: round(float(row[c]), 4) for c in cols})
         if save_predictions:
             pred.save(out / "predictions" / s.id.replace("/", "_"))
         if overlays:
@@ -55,9 +60,9 @@ def evaluate(name: str, subjects: Sequence[Any], out_dir: str | Path, *, variant
             overlay_png(read_volume(inputs[model.input_names[0]]), pred.images[label_name].get_fdata(),
                         out / f"overlay_{s.id.replace('/', '_')}.png", reference=ref.array == 1)
     table = pd.DataFrame(rows)
-    summary = {c: metrics.summarise(table[c].to_numpy(dtype=float)) for c in COLUMNS}
+    summary = {c: metrics.summarise(table[c].to_numpy(dtype=float)) for c in cols}
     result = {"entry": name, "variant": model.variant, "weights": model.weights_source,
-              "cases": rows, "summary": summary}
+              "columns": list(cols), "cases": rows, "summary": summary}
     atomic_write_text(out / "metrics.csv", table.to_csv(index=False))
     atomic_write_text(out / "summary.json", json.dumps(result, indent=2, default=float) + "\n")
     return result

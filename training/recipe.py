@@ -1,5 +1,7 @@
 """Training recipes: YAML files in ``training/recipes/`` validated against
-``training/recipe_schema.json``; one per entry (and per transfer recipe)."""
+``training/recipe_schema.json`` (blocks common to every entry) and
+``training/task_schemas/<task>.json`` (the blocks of the recipe's training task); one per
+entry (and per transfer recipe)."""
 
 from __future__ import annotations
 
@@ -18,8 +20,18 @@ from zoo import errors
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    """The JSON Schema every recipe must satisfy."""
+    """The JSON Schema every recipe must satisfy (the blocks common to every task)."""
     return json.loads(resources.files("zoo.training").joinpath("recipe_schema.json").read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=None)
+def task_schema(task: str) -> dict:
+    """The JSON Schema of the blocks specific to training task ``task``.
+    Raises RecipeError for a task without a schema."""
+    res = resources.files("zoo.training").joinpath("task_schemas", f"{task}.json")
+    if not res.is_file():
+        raise errors.RecipeError(f"unknown training task {task!r} (no task_schemas/{task}.json)")
+    return json.loads(res.read_text(encoding="utf-8"))
 
 
 def load_recipe(name_or_path: str | Path, variant: str | None = None,
@@ -66,14 +78,19 @@ def load_recipe(name_or_path: str | Path, variant: str | None = None,
 
 
 def validate(data: Any, source: str = "<recipe>") -> None:
-    """Validate a parsed recipe. Raises RecipeError naming the field and the problem."""
+    """Validate a parsed recipe against the common schema and its task's schema.
+    Raises RecipeError naming the field and the problem."""
+    from zoo.training.tasks import task_name
+
     if not isinstance(data, dict):
         raise errors.RecipeError(f"{source}: a recipe must be a YAML mapping")
-    problems = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(data),
-                      key=lambda e: list(e.absolute_path))
-    if problems:
-        where = "/".join(str(p) for p in problems[0].absolute_path) or "(top level)"
-        raise errors.RecipeError(f"{source}: fails the recipe schema at {where}: {problems[0].message}")
+    for sch in (schema(), None):
+        sch = sch or task_schema(task_name(data))
+        problems = sorted(jsonschema.Draft202012Validator(sch).iter_errors(data),
+                          key=lambda e: list(e.absolute_path))
+        if problems:
+            where = "/".join(str(p) for p in problems[0].absolute_path) or "(top level)"
+            raise errors.RecipeError(f"{source}: fails the recipe schema at {where}: {problems[0].message}")
 
 
 def _deep_merge(base: dict, extra: Mapping[str, Any]) -> None:

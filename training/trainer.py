@@ -1,19 +1,20 @@
 """The training engine: one recipe -> trained ensemble members in the zoo's weight format.
 
-    subjects (dataset adapter) -> build_slices (the prediction pipeline) -> tf.data
-    -> SegmentationTrainer (augmentation inside train_step, on the accelerator)
+    subjects (dataset adapter) -> task.prepare (the entry's prediction pipeline)
+    -> task.datasets (tf.data) -> task.build (network + compiled training model, e.g. a
+       SegmentationTrainer with augmentation inside train_step, on the accelerator)
     -> fit under a tf.distribute strategy, optional mixed precision
     -> per-epoch checkpoints, BackupAndRestore (resume), CSV + TensorBoard logs,
        collapse guard (re-initialise and restart, spec wmh_ensemble.md §7)
     -> member{i}.npz (float16, sha256) + run_record.json
 
-The same code runs on a laptop CPU (tests), one GPU, several GPUs (MirroredStrategy) and
-several machines (MultiWorkerMirroredStrategy with ``TF_CONFIG``).
+The task (:mod:`zoo.training.tasks`) is the recipe's ``task``: 2D slice segmentation by
+default. The same code runs on a laptop CPU (tests), one GPU, several GPUs
+(MirroredStrategy) and several machines (MultiWorkerMirroredStrategy with ``TF_CONFIG``).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Mapping, Sequence
 
 import keras
@@ -33,9 +35,7 @@ import tensorflow as tf
 from zoo import errors, weights as weights_mod
 from zoo.card import ModelCard
 from zoo.io import atomic_write_text
-from zoo.training.augment import augment_batch
-from zoo.training.losses import SoftDiceLoss
-from zoo.training.slices import SliceSet, build_slices
+from zoo.training.tasks import Prepared, get_task, task_name
 
 log = logging.getLogger(__name__)
 
@@ -71,65 +71,6 @@ def select_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-class BinaryDice(keras.metrics.Metric):
-    """Hard Dice of ``y_pred > 0.5`` against ``y_true`` accumulated over an epoch (a log of
-    training progress; evaluation uses ``zoo.metrics``)."""
-
-    def __init__(self, name: str = "dice", **kwargs: Any):
-        super().__init__(name=name, **kwargs)
-        self.inter = self.add_variable((), initializer="zeros", name="inter")
-        self.total = self.add_variable((), initializer="zeros", name="total")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        p = keras.ops.cast(keras.ops.cast(y_pred[..., -1:], "float32") > 0.5, "float32")
-        g = keras.ops.cast(y_true, "float32")
-        self.inter.assign_add(keras.ops.sum(p * g))
-        self.total.assign_add(keras.ops.sum(p) + keras.ops.sum(g))
-
-    def result(self):
-        return keras.ops.where(self.total > 0, 2.0 * self.inter / keras.ops.maximum(self.total, 1e-12), 1.0)
-
-    def reset_state(self):
-        self.inter.assign(0.0)
-        self.total.assign(0.0)
-
-
-class SegmentationTrainer(keras.Model):
-    """Wraps a segmentation network; ``train_step`` applies the recipe's spatial augmentation
-    to the batch on the device (images and masks jointly), then a normal gradient step.
-
-    Args:
-        net: the network being trained (its weights are what gets saved).
-        augmentation: the recipe's ``augmentation`` block; ``affine_probability`` is the
-            chance that a slice of the batch gets a fresh random affine.
-        seed: seeds the augmentation stream.
-    """
-
-    def __init__(self, net: keras.Model, augmentation: Mapping[str, Any], seed: int, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.net = net
-        self.augmentation = dict(augmentation)
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, x, training=False):
-        return self.net(x, training=training)
-
-    def _augment(self, x, y):
-        p = float(self.augmentation.get("affine_probability", 0.0))
-        if p <= 0.0:
-            return x, y
-        xa, ya = augment_batch(x, y, keras.random.randint((2,), 0, 2**31 - 1, seed=self.seed_generator),
-                               self.augmentation)
-        chosen = keras.random.uniform((keras.ops.shape(x)[0], 1, 1, 1), seed=self.seed_generator) < p
-        return keras.ops.where(chosen, xa, x), keras.ops.where(chosen, ya, y)
-
-    def train_step(self, data):
-        """Augment the batch on the device, then Keras' own step (loss tracking, loss scaling
-        under mixed precision, per-replica reduction under tf.distribute)."""
-        x, y = data
-        return super().train_step(self._augment(x, y))
-
-
 class CollapseGuard(keras.callbacks.Callback):
     """Stops training when an epoch's mean training loss exceeds ``threshold`` (the Dice loss
     collapsed to its worst value, spec ``wmh_ensemble.md`` §7); the trainer then re-initialises
@@ -162,83 +103,7 @@ class NetCheckpoint(keras.callbacks.Callback):
         weights_mod.save_weights(self.net, self.folder / f"epoch{epoch + 1:03d}.npz")
 
 
-# --- data ----------------------------------------------------------------------------------------
-def make_dataset(slices: SliceSet, batch_size: int, seed: int, *, flip_lr: bool,
-                 shuffle: bool = True, patch_size: int | None = None,
-                 foreground_fraction: float = 0.5) -> tf.data.Dataset:
-    """An endless ``tf.data`` stream of ``(image, mask)`` batches.
-
-    The static left-right mirror (spec §8.1) doubles the set without copying memory: index
-    ``i >= M`` is slice ``i - M`` flipped along the column axis. Each pass over the doubled set
-    is reshuffled with a seeded generator (reproducible batch order per member seed).
-    With ``patch_size`` each slice is cut to a random ``patch_size`` square: centred on a
-    random label voxel with probability ``foreground_fraction`` when the slice has one, else
-    on a random voxel of the slice (clipped so the patch stays inside).
-    """
-    m = len(slices)
-    n = 2 * m if flip_lr else m
-    images, masks = slices.images, slices.masks
-    h, w = images.shape[1:3]
-
-    def cut(rng, img, msk):
-        if not patch_size:
-            return img, msk
-        fg = np.argwhere(msk[..., 0] > 0)
-        if len(fg) and rng.random() < foreground_fraction:
-            r, c = fg[rng.integers(len(fg))]
-        else:
-            r, c = rng.integers(h), rng.integers(w)
-        r0 = int(np.clip(r - patch_size // 2, 0, h - patch_size))
-        c0 = int(np.clip(c - patch_size // 2, 0, w - patch_size))
-        return img[r0:r0 + patch_size, c0:c0 + patch_size], msk[r0:r0 + patch_size, c0:c0 + patch_size]
-
-    def gen():
-        rng = np.random.default_rng(seed)
-        while True:
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            for i in order:
-                j = i % m
-                if i >= m:
-                    yield cut(rng, images[j, :, ::-1], masks[j, :, ::-1])
-                else:
-                    yield cut(rng, images[j], masks[j])
-
-    shape = (patch_size, patch_size) if patch_size else (h, w)
-    sig = (tf.TensorSpec((*shape, images.shape[-1]), tf.float32),
-           tf.TensorSpec((*shape, masks.shape[-1]), tf.float32))
-    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def epoch_steps(n_slices: int, recipe: Mapping[str, Any]) -> int:
-    """Steps of one epoch: the (mirrored) set once in originals, plus on average as many
-    random-affine copies when ``affine_probability`` is 0.5 (the paper's 4x, spec §8)."""
-    aug = recipe["augmentation"]
-    n = n_slices * (2 if aug["flip_lr"] else 1)
-    p = float(aug["affine_probability"])
-    return max(1, math.ceil(n / (1.0 - min(p, 0.5)) / int(recipe["batch_size"])))
-
-
 # --- members ---------------------------------------------------------------------------------------
-def build_member(card: ModelCard, variant: str, member: int, patch_size: int | None = None) -> keras.Model:
-    """One untrained member, built by the card's entry module (the same builder as prediction)."""
-    from zoo import registry
-
-    entry = importlib.import_module(registry.ENTRIES[card.id])
-    return entry.build_member(card, variant, member, patch_size)
-
-
-def _optimizer(spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    if spec["name"] == "adam":
-        return keras.optimizers.Adam(**kwargs)
-    if spec["name"] == "adamw":
-        return keras.optimizers.AdamW(**kwargs)
-    return keras.optimizers.SGD(**kwargs)
-
-
 def freeze_layers(net: keras.Model, prefixes: Sequence[str]) -> list[str]:
     """Make layers whose name starts with one of ``prefixes`` non-trainable; returns their names."""
     frozen = [layer.name for layer in net.layers if any(layer.name.startswith(p) for p in prefixes)]
@@ -248,60 +113,48 @@ def freeze_layers(net: keras.Model, prefixes: Sequence[str]) -> list[str]:
     return frozen
 
 
-def train_member(card: ModelCard, variant: str, recipe: Mapping[str, Any], train: SliceSet,
-                 member: int, out_dir: Path, *, epochs: int, steps_per_epoch: int | None,
-                 strategy: tf.distribute.Strategy, val: SliceSet | None = None,
-                 init_weights: str | Path | None = None, freeze: Sequence[str] = (),
-                 callbacks: Sequence[keras.callbacks.Callback] = (),
+def train_member(task: ModuleType, card: ModelCard, variant: str, recipe: Mapping[str, Any],
+                 prepared: Prepared, member: int, out_dir: Path, *, epochs: int, steps_per_epoch: int | None,
+                 strategy: tf.distribute.Strategy, init_weights: str | Path | None = None,
+                 freeze: Sequence[str] = (), callbacks: Sequence[keras.callbacks.Callback] = (),
                  verbose: Any = "auto") -> dict[str, Any]:
-    """Train one ensemble member; returns its record (seed, attempts, history, weights sha256).
+    """Train one ensemble member with ``task``; returns its record (seed, attempts, history,
+    weights sha256).
 
     Re-running with the same ``out_dir`` resumes an interrupted run (BackupAndRestore): the
     record's ``epochs`` then counts every epoch of the run, ``resumed_from_epoch`` says where
     this call started, and ``history`` holds the epochs of this call (``log.csv`` has them all).
+    With a ``collapse_guard`` block in the recipe, a member whose epoch loss exceeds
+    ``loss_above`` is re-initialised and restarted (at most ``max_restarts`` times).
     ``callbacks`` are extra Keras callbacks, run after the built-in ones (backup, CSV log,
     TensorBoard, checkpoint, collapse guard).
     """
     seed = int(recipe["seeds"][member])
     mdir = out_dir / f"member{member}"
     mdir.mkdir(parents=True, exist_ok=True)
-    steps = steps_per_epoch or epoch_steps(len(train), recipe)
-    guard = recipe["collapse_guard"]
+    guard = recipe.get("collapse_guard")
     t0 = time.perf_counter()
-    for attempt in range(int(guard["max_restarts"]) + 1):
-        keras.utils.set_random_seed(seed + 1000 * attempt)
+    max_restarts = int(guard["max_restarts"]) if guard else 0
+    for attempt in range(max_restarts + 1):
+        run_seed = seed + 1000 * attempt
+        keras.utils.set_random_seed(run_seed)
         with strategy.scope():
-            net = build_member(card, variant, member, recipe["data"].get("patch_size"))
-            if init_weights is not None:
-                weights_mod.load_weights(net, init_weights)
-            frozen = freeze_layers(net, freeze)
-            model = SegmentationTrainer(net, recipe["augmentation"], seed + 1000 * attempt)
-            model(keras.ops.zeros((1, *net.inputs[0].shape[1:])))  # built before BackupAndRestore
-            model.compile(optimizer=_optimizer(recipe["optimizer"]),
-                          loss=SoftDiceLoss(smooth=float(recipe["loss"].get("smooth", 1.0)),
-                                            reduction_mode=recipe["loss"].get("reduction", "batch")),
-                          metrics=[BinaryDice()])
-        collapse = CollapseGuard(float(guard["loss_above"]))
-        callbacks = [
-            keras.callbacks.BackupAndRestore(str(mdir / "backup")),
-            keras.callbacks.CSVLogger(str(mdir / "log.csv"), append=True),
-            keras.callbacks.TensorBoard(str(mdir / "tensorboard"), write_graph=False),
-            NetCheckpoint(net, mdir / "checkpoints"),
-            collapse,
-            *callbacks,
-        ]
+            net, model = task.build(card, variant, recipe, member, run_seed, init_weights=init_weights,
+                                    freeze=freeze)
+        frozen = [layer.name for layer in net.layers if not layer.trainable]
+        train_ds, default_steps, val_ds, val_steps = task.datasets(prepared, recipe, run_seed)
+        steps = steps_per_epoch or default_steps
+        collapse = CollapseGuard(float(guard["loss_above"]) if guard else math.inf)
         (mdir / "checkpoints").mkdir(exist_ok=True)
-        val_ds = None
-        if val is not None and len(val):
-            val_ds = make_dataset(val, int(recipe["batch_size"]), seed, flip_lr=False, shuffle=False,
-                                  patch_size=recipe["data"].get("patch_size"))
-        history = model.fit(make_dataset(train, int(recipe["batch_size"]), seed + 1000 * attempt,
-                                         flip_lr=bool(recipe["augmentation"]["flip_lr"]),
-                                         patch_size=recipe["data"].get("patch_size"),
-                                         foreground_fraction=float(recipe["data"].get("patch_foreground_fraction", 0.5))),
-                            epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
-                            validation_data=val_ds,
-                            validation_steps=None if val_ds is None else math.ceil(len(val) / int(recipe["batch_size"])))
+        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, verbose=verbose,
+                            validation_data=val_ds, validation_steps=val_steps, callbacks=[
+                                keras.callbacks.BackupAndRestore(str(mdir / "backup")),
+                                keras.callbacks.CSVLogger(str(mdir / "log.csv"), append=True),
+                                keras.callbacks.TensorBoard(str(mdir / "tensorboard"), write_graph=False),
+                                NetCheckpoint(net, mdir / "checkpoints"),
+                                collapse,
+                                *callbacks,
+                            ])
         if not collapse.collapsed:
             break
         log.warning("member %d collapsed (loss > %s); re-initialising (attempt %d)", member,
@@ -310,7 +163,7 @@ def train_member(card: ModelCard, variant: str, recipe: Mapping[str, Any], train
         if (mdir / "log.csv").exists():  # keep the collapsed attempt's log beside the new one
             os.replace(mdir / "log.csv", mdir / f"log_attempt{attempt + 1}_collapsed.csv")
     else:
-        raise errors.ZooError(f"member {member} collapsed {guard['max_restarts'] + 1} times; "
+        raise errors.ZooError(f"member {member} collapsed {max_restarts + 1} times; "
                               "check the learning rate and the labels")
     wpath = out_dir / f"member{member}.npz"
     digest = weights_mod.save_weights(net, wpath)
@@ -363,25 +216,26 @@ def train(card: ModelCard, recipe: Mapping[str, Any], subjects: Sequence[Any], o
         keras.mixed_precision.set_dtype_policy(policy)
     try:
         t0 = time.perf_counter()
-        train_set = build_slices(subjects, card, variant, recipe, resample=resample)
-        val_set = build_slices(val_subjects, card, variant, recipe, resample=resample) if val_subjects else None
+        task = get_task(task_name(recipe))
+        prepared = task.prepare(card, variant, recipe, subjects, val_subjects, resample=resample)
         prep_s = time.perf_counter() - t0
         strat = select_strategy(strategy)
         results = []
         for member in range(n_members):
             init = None if not init_from else init_from[member if len(init_from) > 1 else 0]
-            results.append(train_member(card, variant, recipe, train_set, member, out, epochs=n_epochs,
-                                        steps_per_epoch=steps_per_epoch, strategy=strat, val=val_set,
-                                        init_weights=init, freeze=freeze or recipe["finetune"]["freeze"],
+            results.append(train_member(task, card, variant, recipe, prepared, member, out, epochs=n_epochs,
+                                        steps_per_epoch=steps_per_epoch, strategy=strat, init_weights=init,
+                                        freeze=freeze or recipe["finetune"]["freeze"],
                                         callbacks=callbacks, verbose=verbose))
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
     record = {
-        "entry": card.id, "card_version": card.version, "variant": variant, "recipe": dict(recipe),
+        "entry": card.id, "card_version": card.version, "variant": variant, "task": task_name(recipe),
+        "recipe": dict(recipe),
         "command": command or " ".join(sys.argv),
         "data": {"train": [_subject_record(s) for s in subjects],
                  "validation": [_subject_record(s) for s in val_subjects],
-                 "n_train_slices": len(train_set), "n_val_slices": 0 if val_set is None else len(val_set)},
+                 **prepared.info},
         "epochs_requested": n_epochs, "steps_per_epoch": steps_per_epoch, "strategy": strategy,
         "replicas": strat.num_replicas_in_sync, "mixed_precision": policy, "init_from": [str(p) for p in init_from or []],
         "preprocess_seconds": round(prep_s, 1), "members": results, "environment": environment(),

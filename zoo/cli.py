@@ -247,7 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``zoo evaluate``: per-case metrics and their summary for labelled subjects."""
     from zoo import registry
     from zoo.training import run
-    from zoo.training.evaluate import COLUMNS, evaluate
+    from zoo.training.evaluate import evaluate
 
     layout = run.detect_layout(args.data) if args.layout == "auto" else args.layout
     options = {**run.LAYOUT_OPTIONS.get(layout, {}), **_unique(args.option, "--option")}
@@ -262,7 +262,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       weights=args.weights or "default", options=options,
                       save_predictions=args.save_predictions, overlays=args.overlays)
     for case in result["cases"]:
-        print(case["subject"] + ": " + ", ".join(f"{c} {case[c]:.4f}" for c in COLUMNS))
+        print(case["subject"] + ": " + ", ".join(f"{c} {case[c]:.4f}" for c in result["columns"]))
     print(f"metrics: {args.out_dir}/metrics.csv, summary: {args.out_dir}/summary.json")
     return 0
 

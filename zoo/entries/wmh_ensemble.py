@@ -30,6 +30,9 @@ from zoo.prediction import Prediction
 
 ID = "wmh_ensemble"
 
+#: Per-case metric columns of ``zoo evaluate`` (specs/metrics.md §1-§5 names).
+EVAL_COLUMNS = ("dsc", "h95_wmh_mm", "abs_vol_diff_pct", "lesion_recall", "lesion_f1")
+
 
 def build_member(card: ModelCard, variant: str, member: int, patch_size: int | None = None) -> keras.Model:
     """One untrained member of ``variant``'s architecture, named ``member{member}``.
@@ -102,3 +105,11 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
             (card.step("brain_mask") or {}).get("method")},
         timing_s=timing,
     )
+
+
+def score(subject, pred: Prediction, model) -> dict:
+    """Challenge metrics (:func:`zoo.metrics.wmh_challenge`) of a prediction against the
+    subject's label file (label 1 = WMH, label 2 ignored); keys ``EVAL_COLUMNS`` + ``flags``."""
+    from zoo import metrics
+
+    return metrics.wmh_challenge(str(subject.label), pred.images["wmh"])
