@@ -599,3 +599,28 @@ def test_volume_ml_and_binarise():
     p = np.array([0.2, 0.5, 0.50001, 0.9])
     np.testing.assert_array_equal(binarise(p, 0.5), [0, 0, 1, 1])  # strict '>'
     assert binarise(p, 0.5).dtype == np.uint8
+
+
+def test_3d_resampling_shape_affine_and_round_trip():
+    """Resampling of all three axes: voxel counts from the field of view, the new affine keeps
+    the field of view's outer edges in place, and a smooth field survives the round trip."""
+    from zoo.preprocessing.resampling import Resampling
+
+    r = Resampling((20, 30, 16), (1.0, 0.5, 2.0), (1.0, 1.0, 1.0))
+    assert r.out_shape == (20, 15, 32)
+    assert np.allclose(r.out_spacing, (1.0, 1.0, 1.0))
+    affine = np.diag([1.0, 0.5, 2.0, 1.0])
+    affine[:3, 3] = (10.0, -5.0, 3.0)
+    new = r.out_affine(affine)
+    # the world position of the first voxel's outer corner is unchanged
+    corner_in = affine @ np.array([-0.5, -0.5, -0.5, 1.0])
+    corner_out = new @ np.array([-0.5, -0.5, -0.5, 1.0])
+    assert np.allclose(corner_in, corner_out)
+    assert np.allclose(np.linalg.norm(new[:3, :3], axis=0), r.out_spacing)
+    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in (20, 30, 16)], indexing="ij")
+    field = (i + 2 * j + 3 * k).astype(np.float32)
+    back = r.inverse(r.forward(field))
+    assert back.shape == field.shape
+    assert np.abs(back - field)[2:-2, 2:-2, 2:-2].max() < 0.05
+    keep = Resampling((20, 30, 16), (1.0, 0.5, 2.0), (None, 1.0, None))
+    assert keep.out_shape == (20, 15, 16)
