@@ -15,6 +15,7 @@ setup(
     ],
     package_dir={"zoo.cards": "cards", "zoo.training": "training", "zoo.bundled_weights": "weights"},
     package_data={
+        "zoo": ["sample_files.csv"],
         "zoo.cards": ["*.yaml", "*.json"],
         "zoo.training": ["recipes/*.yaml", "*.json", "task_schemas/*.json"],
         "zoo.bundled_weights": ["*/*/*.npz"],

@@ -3,7 +3,9 @@ that need them are marked ``realdata`` and skip with a reason when the folder is
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,52 @@ def shared_data() -> Path:
 def _isolated_zoo_home(tmp_path_factory, monkeypatch):
     """Every test gets its own empty weights cache so nothing leaks between tests."""
     monkeypatch.setenv("ZOO_HOME", str(tmp_path_factory.mktemp("zoo_home")))
+
+
+class Server:
+    """A local HTTP server; ``routes`` maps a path to ("ok" | "404" | "truncated", body)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[str, bytes]] = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server API
+                server.requests.append(self.path)
+                mode, body = server.routes.get(self.path, ("404", b""))
+                if mode == "404":
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                if mode == "truncated":
+                    self.send_header("Content-Length", str(len(body) + 1000))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    yield srv
+    srv.close()

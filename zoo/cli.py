@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV",
                        help="training data: a folder (layout auto-detected) or a CSV")
         p.add_argument("--layout", default="auto",
-                       choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "csv"],
+                       choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "chu2015", "csv"],
                        help="dataset layout (default: detect)")
         p.add_argument("--recipe", help="recipe YAML (default: the entry's bundled recipe)")
         p.add_argument("--variant", help="card variant (default: the recipe's first)")
@@ -158,11 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resample inputs on another grid onto the reference input's grid")
         p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser(
+        "demo", parents=[common], help="run an entry on a public sample scan",
+        description="Fetch a public sample scan (offline mirror, cache or a checksummed download), "
+                    "run the entry on it, and write the outputs, a PNG overlay and summary.json.",
+        epilog="Offline: set ZOO_SAMPLES_DIR (or --samples-dir) to a folder laid out like "
+               "shared/data or like the upstream repositories.")
+    p.add_argument("name", metavar="NAME", nargs="?", default="wmh_ensemble",
+                   help="entry name (default: wmh_ensemble)")
+    p.add_argument("--variant", help="variant (default: the card's default if it ships weights)")
+    p.add_argument("-o", "--output", dest="out_dir", type=Path, default=None, metavar="OUT_DIR",
+                   help="output folder (default ./zoo-demo/NAME)")
+    p.add_argument("--samples-dir", type=Path, default=None, metavar="DIR",
+                   help="offline sample folder (default $ZOO_SAMPLES_DIR)")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("evaluate", parents=[common], help="score weights on labelled subjects",
                        description="Predict labelled subjects and score them with the challenge metrics.")
     p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
     p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV")
-    p.add_argument("--layout", default="auto", choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "csv"])
+    p.add_argument("--layout", default="auto", choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "chu2015", "csv"])
     p.add_argument("--subject", action="append", default=[], metavar="ID",
                    help="evaluate only these subjects (repeatable; default all)")
     p.add_argument("--variant")
@@ -240,6 +255,23 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{m['history']['loss'][-1]:.4f}, weights {record['out_dir']}/{m['weights']['file']} "
               f"(sha256 {m['weights']['sha256']})")
     print(f"run record: {record['out_dir']}/run_record.json")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``zoo demo [NAME]``: the entry on its public sample scan; prints volumes and file paths."""
+    from zoo.demo import run_demo
+
+    summary = run_demo(args.name, args.out_dir, variant=args.variant, mirror=args.samples_dir)
+    print(f"{summary['entry']} ({summary['variant']}) on sample {summary['sample']['sample']}: "
+          f"{summary['note']}")
+    _print_volumes(summary["volumes_ml"])
+    for name, path in summary["outputs"].items():
+        print(f"{name}: {path}")
+    if summary["overlay"]:
+        print(f"overlay: {summary['overlay']}")
+    print(f"summary: {summary['summary']}")
+    print(f"sample licence: {summary['sample']['licence']}; cite: {summary['sample']['attribution']}")
     return 0
 
 

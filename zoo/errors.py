@@ -54,6 +54,11 @@ class VolumeTooLargeError(InputError, MemoryError):
     """An input is larger than the configured memory budget."""
 
 
+class NotHounsfieldError(InputError):
+    """A CT image's intensities cannot be Hounsfield units (e.g. already normalised) and the
+    caller did not declare it normalised."""
+
+
 # --- registry, cards, weights ------------------------------------------------------------
 class UnknownEntryError(ZooError, LookupError):
     """No entry of that name is registered."""
@@ -84,6 +89,22 @@ class ChecksumError(WeightsError):
 
 class DownloadError(WeightsError):
     """A download failed (network, HTTP status, interrupted transfer)."""
+
+
+# --- sample scans --------------------------------------------------------------------------
+class SampleError(ZooError):
+    """A public sample scan (:mod:`zoo.samples`) cannot be provided."""
+
+
+class SampleNotFoundError(SampleError, KeyError):
+    """No sample (or no file of a sample) has that name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SampleNotAvailableError(SampleError):
+    """A sample file is in no mirror and could not be downloaded (offline machine)."""
 
 
 # --- outputs and metrics -------------------------------------------------------------------

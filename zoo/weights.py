@@ -455,6 +455,7 @@ def download(
     *,
     timeout: float = 60,
     size: int | None = None,
+    hint: str = "Check the network connection or pass a local copy with weights=...",
 ) -> Path:
     """Download a file to ``dest``, verifying its sha256; mirrors are tried in order.
 
@@ -464,6 +465,7 @@ def download(
         sha256: the expected sha256 hex digest.
         timeout: socket timeout in seconds for each connection.
         size: optional expected size in bytes (checked against Content-Length and the bytes read).
+        hint: the last sentence of the DownloadError message (what the user can do instead).
 
     Each attempt streams into a temporary file in ``dest``'s folder (with a tqdm progress bar
     when stderr is a terminal), checks the Content-Length when the server sends one and the
@@ -493,7 +495,7 @@ def download(
         why = _fetch_one(url, dest, expected, timeout, size)
         if why is None:
             return dest
-        logger.warning("download of %s failed: %s", url, why)
+        logger.info("download of %s failed: %s", url, why)  # all failures are in the error
         failures.append((url, why))
     listing = "; ".join(f"{url}: {why}" for url, why in failures)
     if any(why.startswith("sha256 mismatch") for _, why in failures):
@@ -504,7 +506,7 @@ def download(
         )
     raise DownloadError(
         f"{dest}: could not be downloaded from any of {len(urls)} URL(s) ({listing}); "
-        "nothing was written. Check the network connection or pass a local copy with weights=..."
+        f"nothing was written. {hint}"
     )
 
 
