@@ -95,7 +95,7 @@ def test_markdown_and_dict():
     c = zoo.card("wmh_ensemble")
     md = c.to_markdown()
     for text in ("# White-matter", "8,742,209", "| dsc | 0.8 | challenge | 110 |", "Li et al. 2018 Table 3",
-                 "@article{li2018wmh", "none shipped", "## Caveats"):
+                 "@article{li2018wmh", "Weights: 3 file(s)", "## Caveats"):
         assert text in md, text
     d = c.to_dict()
     d["id"] = "changed"

@@ -58,6 +58,29 @@ def pipeline(card: ModelCard, variant: str) -> SlicePipeline:
     return SlicePipeline(card["preprocessing"]["steps"], card.variant(variant)["inputs"])
 
 
+#: Values of the card's ``inference.skip_slices`` (option ``skip_slices``).
+SKIP_SLICES = ("none", "band", "band_and_empty")
+
+
+def slices_to_run(skip: str, band: np.ndarray, state) -> np.ndarray | None:
+    """Boolean ``(N,)`` of the axial slices the network must run on, or None for all.
+
+    ``none`` runs every slice (the authors' code); ``band`` skips the end-slice band, whose
+    probabilities are zeroed afterwards anyway, so the output is identical; ``band_and_empty``
+    (the card's default) also skips slices without brain-mask voxels (they get probability 0
+    instead of the network's response to a constant slice: the mask can differ only where that
+    response exceeds the threshold). Raises ValueError for another value.
+    """
+    if skip not in SKIP_SLICES:
+        raise ValueError(f"inference.skip_slices must be one of {SKIP_SLICES}; got {skip!r}")
+    if skip == "none":
+        return None
+    run = ~band
+    if skip == "band_and_empty":
+        run &= state.brain_slices()
+    return run
+
+
 def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Prediction:
     """Segment WMH on one subject (see the module docstring for the flow).
 
@@ -80,14 +103,16 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
     x, state = pipe.apply(volumes)
     timing["preprocess"] = time.perf_counter() - t0
 
+    post = card["postprocessing"]
+    band = postprocessing.end_slice_band(x.shape[0], float(post["end_slice_fraction"]),
+                                         legacy=bool(post.get("legacy_band", False)))
+    run = slices_to_run(card["inference"].get("skip_slices", "none"), band, state)
     t0 = time.perf_counter()
-    probs = predict_slices(model.fused, x, batch_size=int(card["inference"].get("batch_size", 8)))
+    probs = predict_slices(model.fused, x, batch_size=int(card["inference"].get("batch_size", 8)),
+                           only=run)
     timing["network"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    post = card["postprocessing"]
-    band = postprocessing.end_slice_band(probs.shape[0], float(post["end_slice_fraction"]),
-                                         legacy=bool(post.get("legacy_band", False)))
     probs[band] = 0.0
     prob_native = pipe.invert(probs, state, fill_value=0.0)
     mask = postprocessing.binarise(prob_native, float(card["inference"]["threshold"]))
@@ -99,6 +124,7 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
         volumes_ml={"wmh": postprocessing.volume_ml(mask, ref.spacing)},
         entry=card.id, variant=variant, card_version=card.version,
         qc={"n_slices": int(probs.shape[0]), "slices_band_removed": int(band.sum()),
+            "slices_run": int(probs.shape[0] if run is None else run.sum()),
             "brain_mask_ml": {k: postprocessing.volume_ml(m, ref.spacing) if state.resampling is None
                               else None for k, m in state.masks.items()},
             "brain_mask_source": "given" if MASK_INPUT in volumes else
