@@ -35,6 +35,7 @@ setup(
         "tensorboard>=2.20",
     ],
     extras_require={"test": ["pytest>=8", "pillow>=10"], "viz": ["pillow>=10"],
-                    "onnx": ["tf2onnx", "onnxruntime"]},
+                    "onnx": ["tf2onnx>=1.17", "onnxruntime>=1.17"],
+                    "lidc": ["pylidc>=0.2.3"]},
     entry_points={"console_scripts": ["zoo=zoo.cli:main"]},
 )

@@ -217,7 +217,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown augmentation key"):
         AugmentConfig.from_mapping({"rotation": 15})
     with pytest.raises(ValueError, match="interpolation_mask"):
-        AugmentConfig.from_mapping({"interpolation_mask": "bilinear"})
+        AugmentConfig.from_mapping({"interpolation_mask": "cubic"})
     with pytest.raises(ValueError, match="shear_rad"):
         AugmentConfig(shear_rad=18.0)
     with pytest.raises(ValueError, match="zoom"):

@@ -175,7 +175,7 @@ def test_bad_yaml(tmp_path):
     (("loss", "smooth"), 0, "loss/smooth"),
     (("optimizer", "name"), "rmsprop", "optimizer/name"),
     (("optimizer", "learning_rate"), 0, "optimizer/learning_rate"),
-    (("augmentation", "interpolation_mask"), "bilinear", "augmentation/interpolation_mask"),
+    (("augmentation", "interpolation_mask"), "cubic", "augmentation/interpolation_mask"),
     (("batch_size",), 0, "batch_size"),
     (("epochs",), 0, "epochs"),
     (("data", "train_slice_band"), 0.5, "data/train_slice_band"),

@@ -89,9 +89,11 @@ class AugmentConfig:
     interpolation_image: str = "nearest"
     fill_mode: str = "nearest"
     centre: str = "keras2"
+    translate: float = 0.0
+    interpolation_mask: str = "nearest"
 
     # Recipe keys that belong to the dataset builder, not to this function.
-    _CALLER_KEYS = ("flip_lr", "affine_probability", "interpolation_mask")
+    _CALLER_KEYS = ("flip_lr", "affine_probability")
 
     def __post_init__(self) -> None:
         _check_ranges(self.rotation_deg, self.shear_rad, self.zoom)
@@ -99,6 +101,8 @@ class AugmentConfig:
         object.__setattr__(self, "interpolation_image", _interpolation(self.interpolation_image))
         _check_choice("fill_mode", self.fill_mode, FILL_MODES)
         _check_choice("centre", self.centre, CENTRES)
+        if not 0.0 <= float(self.translate) < 1.0:
+            raise ValueError(f"translate must be a fraction of the slice size in [0, 1); got {self.translate}")
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any] | None) -> "AugmentConfig":
@@ -107,12 +111,15 @@ class AugmentConfig:
         ``interpolation_mask`` must be ``"nearest"``; any other key raises ``ValueError``."""
         config = dict(config or {})
         mask_interp = config.pop("interpolation_mask", "nearest")
-        if mask_interp != "nearest":
-            raise ValueError(f"augmentation.interpolation_mask is {mask_interp!r}; masks are always "
-                             "interpolated with 'nearest' so they stay binary (practices §4)")
+        if mask_interp not in ("nearest", "bilinear", "linear"):
+            raise ValueError(f"augmentation.interpolation_mask is {mask_interp!r}; use 'nearest' (masks "
+                             "stay binary, practices §4) or 'bilinear' (soft mask edges, the neonatal "
+                             "claustrum code, neonatal_claustrum.md §8 D6)")
+        config["interpolation_mask"] = _INTERPOLATION_ALIASES[mask_interp]
         for key in cls._CALLER_KEYS:
             config.pop(key, None)
-        known = {"rotation_deg", "shear_rad", "zoom", "interpolation_image", "fill_mode", "centre"}
+        known = {"rotation_deg", "shear_rad", "zoom", "interpolation_image", "fill_mode", "centre",
+                 "translate", "interpolation_mask"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"unknown augmentation key(s) {unknown}; expected a subset of "
@@ -221,7 +228,8 @@ def affine_to_keras_transform(matrices: Any) -> tf.Tensor:
 
 
 def apply_affine(images: Any, masks: Any, matrices: Any, interpolation_image: str = "nearest",
-                 fill_mode: str = "nearest") -> tuple[tf.Tensor, tf.Tensor]:
+                 fill_mode: str = "nearest", *,
+                 interpolation_mask: str = "nearest") -> tuple[tf.Tensor, tf.Tensor]:
     """Warp images and masks with the same per-slice matrices (spec §8.2, practices §4).
 
     Args:
@@ -234,6 +242,8 @@ def apply_affine(images: Any, masks: Any, matrices: Any, interpolation_image: st
             (``"linear"`` accepted as an alias).
         fill_mode: how points outside the input are filled: ``"nearest"`` (spec),
             ``"constant"`` (0), ``"reflect"`` or ``"wrap"``; the same for images and masks.
+        interpolation_mask: ``"nearest"`` (default: binary masks stay binary) or ``"bilinear"``
+            (soft edges in [0, 1]; the neonatal claustrum code, ``neonatal_claustrum.md`` §8).
     Returns:
         ``(images, masks)`` warped, same shapes and dtypes.
     """
@@ -257,7 +267,7 @@ def apply_affine(images: Any, masks: Any, matrices: Any, interpolation_image: st
                                              data_format="channels_last")
         return tf.cast(y, dtype)
 
-    return warp(images, interpolation_image), warp(masks, "nearest")
+    return warp(images, interpolation_image), warp(masks, _interpolation(interpolation_mask))
 
 
 def flip_lr(images: Any, masks: Any) -> tuple[tf.Tensor, tf.Tensor]:
@@ -289,7 +299,25 @@ def augment_batch(images: Any, masks: Any, seed: Any,
     shape = tf.shape(images)
     matrices = sample_affines(seed, shape[0], shape[1], shape[2], config.rotation_deg,
                               config.shear_rad, config.zoom, config.centre)
-    return apply_affine(images, masks, matrices, config.interpolation_image, config.fill_mode)
+    if config.translate > 0.0:
+        matrices = translate_matrices(matrices, _as_seed(seed) + 7, shape[1], shape[2], config.translate)
+    return apply_affine(images, masks, matrices, config.interpolation_image, config.fill_mode,
+                        interpolation_mask=config.interpolation_mask)
+
+
+def translate_matrices(matrices: Any, seed: Any, height: Any, width: Any, fraction: float) -> tuple:
+    """Add a random shift to output->input ``(n, 3, 3)`` matrices: the content moves by
+    ``(dr, dc)`` pixels with ``dr ~ U(-f H, f H)`` and ``dc ~ U(-f W, f W)`` independently
+    (imgaug ``translate_percent``; ``neonatal_claustrum.md`` §8: ±10 %)."""
+    m = tf.convert_to_tensor(matrices, tf.float32)
+    n = tf.shape(m)[0]
+    u = tf.random.stateless_uniform(tf.stack([n, 2]), seed=_as_seed(seed), dtype=tf.float32)
+    size = tf.stack([tf.cast(height, tf.float32), tf.cast(width, tf.float32)])
+    shift = (2.0 * u - 1.0) * float(fraction) * size[None, :]               # (n, 2) content shift
+    # out[p] = in[A p] with the content moved by +shift: A' p = A (p - shift)
+    offset = -tf.linalg.matvec(m[:, :2, :2], shift)
+    delta = tf.concat([tf.zeros_like(m[:, :2, :2]), offset[:, :, None]], axis=-1)
+    return m + tf.concat([delta, tf.zeros_like(m[:, 2:, :])], axis=1)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -326,3 +354,46 @@ def _interpolation(value: str) -> str:
         raise ValueError(f"interpolation_image must be 'nearest' or 'bilinear' ('linear' is an "
                          f"alias); got {value!r}")
     return _INTERPOLATION_ALIASES[value]
+
+
+# --- 3D volumes (lung_nodule) ------------------------------------------------------------------
+def augment_volumes(volumes: Any, seed: Any, rotation_deg: float = 35.0, scale: Sequence[float] = (1.0, 1.1),
+                    p_rotation: float = 0.5, p_scale: float = 0.5) -> tf.Tensor:
+    """Shape-preserving 3D augmentation of ``(B, H, W, D, C)`` crops (spec ``lung_nodule.md`` §6).
+
+    Per sample, with probability ``p_rotation``: rotation by θ ~ U(−rotation_deg, rotation_deg)
+    in the plane of array axes (0, 1), i.e. about the slice axis; with probability ``p_scale``:
+    isotropic scaling by s ~ U(scale) about the centre, output size kept (content enlarged and
+    centre-cropped for s > 1). Nearest interpolation, constant fill 0. Rotation and in-plane
+    scaling are one in-plane affine (about the geometric centre) applied to every slice; the
+    slice axis is rescaled by nearest index lookup ``k_in = round(c + (k − c)/s)``.
+
+    Args:
+        volumes: float ``(B, H, W, D, C)``.
+        seed: int or int ``(2,)`` tensor (stateless ops).
+        rotation_deg, scale, p_rotation, p_scale: the ranges and probabilities above.
+    Returns:
+        ``(B, H, W, D, C)`` tensor of the input dtype.
+    """
+    x = tf.convert_to_tensor(volumes)
+    dtype = x.dtype
+    shape = tf.shape(x)
+    b, h, w, d, c = shape[0], shape[1], shape[2], shape[3], shape[4]
+    u = tf.random.stateless_uniform(tf.stack([b, 4]), seed=_as_seed(seed), dtype=tf.float32)
+    rot = math.radians(float(rotation_deg))
+    theta = tf.where(u[:, 0] < p_rotation, -rot + 2.0 * rot * u[:, 1], 0.0)
+    s = tf.where(u[:, 2] < p_scale, float(scale[0]) + (float(scale[1]) - float(scale[0])) * u[:, 3], 1.0)
+    params = AffineParams(rotation_rad=theta, shear_rad=tf.zeros_like(theta), zoom_row=1.0 / s, zoom_col=1.0 / s)
+    transform = affine_to_keras_transform(affine_matrices(params, h, w, "geometric"))
+    flat = tf.reshape(tf.cast(x, tf.float32), tf.stack([b, h, w, d * c]))
+    flat = keras.ops.image.affine_transform(flat, transform, interpolation="nearest", fill_mode="constant",
+                                            fill_value=0, data_format="channels_last")
+    x = tf.reshape(flat, shape)
+    centre = (tf.cast(d, tf.float32) - 1.0) / 2.0
+    k = tf.cast(tf.range(d), tf.float32)
+    k_in = tf.round(centre + (k[None, :] - centre) / s[:, None])                       # (B, D)
+    valid = (k_in >= 0) & (k_in <= tf.cast(d, tf.float32) - 1.0)
+    idx = tf.cast(tf.clip_by_value(k_in, 0.0, tf.cast(d, tf.float32) - 1.0), tf.int32)
+    x = tf.gather(x, idx, axis=3, batch_dims=1)
+    x = x * tf.cast(valid, x.dtype)[:, None, None, :, None]
+    return tf.cast(x, dtype)

@@ -715,3 +715,244 @@ def read_manifest(path: str | Path, check: bool = True) -> Manifest:
     if check:
         check_disjoint(manifest)
     return manifest
+
+
+# --- Chu et al. 2015, the authors' mirror layout (spec spine_vertebrae.md §3) -------------------
+#: ``meta["label_rule"]`` of subjects whose label still holds Th11 (removed when it is read).
+DROP_TH11 = "drop_th11"
+
+
+def chu2015(root: str | Path) -> list[Subject]:
+    """The Chu et al. 2015 lumbar spine set in the layout of the authors' fastMONAI mirror::
+
+        <root>/img/<name>.nii.gz     sagittal T2w image
+        <root>/seg/<name>.nii.gz     label with the same file name (Th11-L5, per-vertebra or binary)
+
+    The subject id is the text after the last ``_`` of the name (``Img_07`` -> ``"07"``), the
+    input is ``t2``, and ``meta["label_rule"] = "drop_th11"``: :func:`th12_l5_mask` removes Th11
+    when the label is read (spec §3 adapter rule). Site ``"chu2015"``.
+
+    Raises:
+        InputNotFoundError: ``root/img`` is missing; InputError: an image without its label,
+        or duplicate ids.
+    """
+    base = _existing_dir(root, "Chu et al. 2015 dataset", "chu2015")
+    img_dir, seg_dir = base / "img", base / "seg"
+    if not img_dir.is_dir():
+        raise errors.InputNotFoundError(f"{base}: no img/ folder (layout img/<name>.nii.gz + seg/<name>.nii.gz)")
+    subjects = []
+    for img in sorted(img_dir.glob("*.nii*"), key=lambda p: _natural_key(p.name)):
+        seg = seg_dir / img.name
+        if not seg.is_file():
+            raise errors.InputError(f"{img}: no label {seg} (same file name under seg/)")
+        stem = img.name.split(".nii")[0]
+        subjects.append(Subject(stem.rsplit("_", 1)[-1], {"t2": img}, seg, "chu2015",
+                                {"label_values": {1: "T12-L5"}, "label_rule": DROP_TH11}))
+    return _finish(subjects, str(base), "chu2015")
+
+
+def th12_l5_mask(label: Any, affine: Any, rule: str | None = DROP_TH11) -> tuple[Any, dict]:
+    """The T12-L5 vertebral-body mask from a Th11-L5 label (spec ``spine_vertebrae.md`` §3).
+
+    * Per-vertebra labels (more than one non-zero value): drop the most cranial label (largest
+      mean world S coordinate, i.e. Th11), then binarise.
+    * Binary labels: 3D connected components (26-connectivity); drop the component with the
+      largest mean S coordinate.
+    * ``rule=None``: the label is already T12-L5; binarise only.
+
+    Args:
+        label: ``(I, J, K)`` label array; ``affine``: its 4x4 voxel-to-RAS affine (mm).
+    Returns:
+        ``(mask uint8 (I, J, K), info)`` with ``info["n_bodies"]`` (components left,
+        26-connectivity) and ``info["flags"]`` (``"visual_qc: n_bodies != 6"`` when not 6).
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    lab = np.rint(np.asarray(label)).astype(np.int32)
+    aff = np.asarray(affine, float)
+    s_of = lambda idx: aff[2, :3] @ np.vstack(idx).astype(float) + aff[2, 3]  # noqa: E731
+    if rule == DROP_TH11:
+        values = [v for v in np.unique(lab) if v != 0]
+        if len(values) > 1:
+            top = max(values, key=lambda v: s_of(np.nonzero(lab == v)).mean())
+            lab = np.where(lab == top, 0, lab)
+        else:
+            comps, n = ndimage.label(lab > 0, structure=np.ones((3, 3, 3), bool))
+            if n:
+                top = max(range(1, n + 1), key=lambda c: s_of(np.nonzero(comps == c)).mean())
+                lab = np.where(comps == top, 0, lab)
+    elif rule is not None:
+        raise errors.InputError(f"unknown label rule {rule!r}; known: {DROP_TH11!r} or None")
+    mask = (lab > 0).astype(np.uint8)
+    n_bodies = int(ndimage.label(mask, structure=np.ones((3, 3, 3), bool))[1])
+    flags = [] if n_bodies == 6 else [f"visual_qc: {n_bodies} vertebral bodies, expected 6"]
+    return mask, {"n_bodies": n_bodies, "flags": flags}
+
+
+def multicontrast(root: str | Path, inputs: Sequence[str] = ("flair", "t1", "t2"), **kwargs) -> list[Subject]:
+    """Co-registered multi-contrast subjects without labels (``shared/data/multicontrast``,
+    ``data/README.md``; the layout of spec ``diamondgan.md`` §3).
+
+    Layout: ``<root>/<subject>/{flair,t1,t2,t1c,...}.nii.gz``, every contrast of a subject on
+    one grid (checked when the images are read). No label (``label=None``); site unknown.
+
+    Args:
+        root: the dataset folder (e.g. ``multicontrast``).
+        inputs: which contrasts to collect, in channel order.
+        **kwargs: passed to :func:`folder` (e.g. ``skip_incomplete``).
+    Returns:
+        One subject per sub-folder, ``id`` the folder name.
+    Raises:
+        Everything :func:`folder` raises.
+    """
+    return folder(root, {name: f"{name}.nii.gz" for name in inputs}, None, **kwargs)
+
+
+# --- LIDC-IDRI nodules (lung_nodule) --------------------------------------------------------
+#: Malignancy label values (spec ``lung_nodule.md`` §1): benign 0, malignant 1.
+BENIGN, MALIGNANT = 0, 1
+
+
+def malignancy_label(scores: Sequence[float] | float) -> int | None:
+    """Nodule label from radiologists' malignancy ratings (1-5), spec ``lung_nodule.md`` §2 step 4.
+
+    The median of the ratings: < 3 -> benign (0), > 3 -> malignant (1), exactly 3 -> ``None``
+    (dropped). Medians of even counts can be x.5 (2.5 benign, 3.5 malignant). A single value is
+    one rating (the max-voted rating of ``lidc_voi``: 1-2 benign, 4-5 malignant, 3 excluded).
+
+    Raises:
+        ValueError: no ratings, or a rating outside [1, 5].
+    """
+    values = [float(scores)] if isinstance(scores, (int, float)) else [float(s) for s in scores]
+    if not values or any(not 1.0 <= v <= 5.0 for v in values):
+        raise ValueError(f"malignancy ratings must be 1-5 (at least one), got {scores!r}")
+    values.sort()
+    n = len(values)
+    median = values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+    if median < 3.0:
+        return BENIGN
+    if median > 3.0:
+        return MALIGNANT
+    return None
+
+
+def lidc_voi(root: str | Path, label_source: str = "rating", keep_unlabelled: bool = False) -> list[Subject]:
+    """LIDC-IDRI nodule volumes of interest (``shared/data/lidc_voi``, ``data/README.md``).
+
+    Layout: ``<root>/<patient>_R_<nodule>/{image,mask}.nii.gz`` (int16 HU crop and 0/1 nodule
+    mask) and ``<root>/nodules.csv`` (one row per nodule: ``case, patient_id, nodule_id,
+    malignancy, label, diagnosis, diameter_mm, ...``). One :class:`Subject` per **patient** (the
+    split unit, spec §2 "Splits"); its nodules are in ``meta["nodules"]``, a list of dicts with
+    ``case, image, mask, malignancy, diagnosis, diameter_mm, label`` (0 benign, 1 malignant,
+    ``None`` excluded). ``images`` maps each nodule's case name to its image file.
+
+    Args:
+        root: the ``lidc_voi`` folder.
+        label_source: ``"rating"`` (:func:`malignancy_label` of the max-voted rating: 1-2
+            benign, 4-5 malignant, 3 excluded) or ``"diagnosis"`` (the source's own 0/1 call).
+        keep_unlabelled: keep patients whose nodules are all excluded (default: dropped).
+    Returns:
+        Patients sorted by ID; ``meta["n_malignant"]`` / ``meta["n_benign"]`` count their labelled
+        nodules and ``meta["has_malignant"]`` is the stratum of the k-fold splits.
+    Raises:
+        InputNotFoundError, InputError: missing folder, CSV or files; unknown ``label_source``.
+    """
+    import pandas as pd
+
+    if label_source not in ("rating", "diagnosis"):
+        raise errors.InputError(f"label_source must be 'rating' or 'diagnosis', got {label_source!r}")
+    layout = "<case>/{image,mask}.nii.gz + nodules.csv (lidc_voi)"
+    root = _existing_dir(root, "lidc_voi", layout)
+    table_path = root / "nodules.csv"
+    if not table_path.is_file():
+        raise errors.InputNotFoundError(f"{table_path} not found; expected the layout {layout}")
+    table = pd.read_csv(table_path, dtype={"case": str, "patient_id": str})
+    patients: dict[str, list[dict]] = {}
+    for row in table.itertuples(index=False):
+        image, mask = root / row.case / "image.nii.gz", root / row.case / "mask.nii.gz"
+        if not image.is_file() or not mask.is_file():
+            raise errors.InputNotFoundError(f"{root / row.case}: image.nii.gz or mask.nii.gz missing")
+        label = (malignancy_label(float(row.malignancy)) if label_source == "rating"
+                 else int(row.diagnosis))
+        patients.setdefault(str(row.patient_id), []).append(
+            {"case": str(row.case), "image": image, "mask": mask, "malignancy": int(row.malignancy),
+             "diagnosis": int(row.diagnosis), "diameter_mm": float(row.diameter_mm), "label": label})
+    subjects = []
+    for pid in sorted(patients, key=_natural_key):
+        nodules = patients[pid]
+        n_mal = sum(n["label"] == MALIGNANT for n in nodules)
+        n_ben = sum(n["label"] == BENIGN for n in nodules)
+        if not keep_unlabelled and n_mal + n_ben == 0:
+            continue
+        subjects.append(Subject(pid, {n["case"]: n["image"] for n in nodules}, None, "lidc",
+                                {"nodules": nodules, "n_malignant": n_mal, "n_benign": n_ben,
+                                 "has_malignant": n_mal > 0, "label_source": label_source}))
+    return _finish(subjects, f"lidc_voi folder {root}", layout)
+
+
+def export_lidc_pylidc(out_dir: str | Path, *, margin_vox: int = 20, min_rating_agreement: int = 1) -> Path:
+    """Export LIDC-IDRI DICOM scans with pylidc annotations into the :func:`lidc_voi` layout.
+
+    For users with the full collection (spec ``lung_nodule.md`` §2): pylidc must be configured
+    with the DICOM root (``~/.pylidcrc``, section ``[dicom]``, key ``path``). For every scan,
+    ``scan.to_volume()`` gives HU (checked: air median about -1000 HU), ``scan.cluster_annotations()``
+    the nodules; each nodule's mask is the union of its readers' masks and its label the
+    median of their malignancy ratings (:func:`malignancy_label`). A crop of ``margin_vox`` voxels
+    around each nodule is written as ``<out_dir>/<patient>_R_<n>/{image,mask}.nii.gz`` (HU, LPS
+    affine from the scan's spacing) plus ``nodules.csv`` (``malignancy`` = rounded-up median, so
+    the rating rule of :func:`lidc_voi` reproduces the median rule; ``ratings`` lists them all).
+
+    Args:
+        out_dir: destination folder (created).
+        margin_vox: voxels kept around each nodule's bounding box (in plane and in z).
+        min_rating_agreement: minimum readers per nodule.
+    Returns:
+        ``out_dir``.
+    Raises:
+        ImportError: pylidc is not installed (``pip install zoo[lidc]``).
+    """
+    try:
+        import pylidc as pl  # noqa: F401
+    except ImportError:
+        raise ImportError("the LIDC-IDRI DICOM adapter needs pylidc: pip install 'zoo[lidc]' "
+                          "(or pip install pylidc), then configure ~/.pylidcrc with the DICOM path") from None
+    import math
+
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for scan in pl.query(pl.Scan):
+        vol = scan.to_volume(verbose=False).astype(np.float32)
+        air = vol[vol < -500]
+        if not air.size or abs(float(np.median(air)) + 1000.0) > 150.0:
+            raise errors.InputError(f"{scan.patient_id}: air is not near -1000 HU; check RescaleSlope/Intercept")
+        spacing = (float(scan.pixel_spacing), float(scan.pixel_spacing), float(scan.slice_spacing))
+        affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])  # LPS voxel axes -> RAS
+        for n, cluster in enumerate(scan.cluster_annotations(), start=1):
+            if len(cluster) < min_rating_agreement:
+                continue
+            ratings = [int(a.malignancy) for a in cluster]
+            mask = np.zeros(vol.shape, bool)
+            for ann in cluster:
+                mask[ann.bbox()] |= ann.boolean_mask()
+            idx = np.argwhere(mask)
+            lo = np.maximum(idx.min(0) - margin_vox, 0)
+            hi = np.minimum(idx.max(0) + 1 + margin_vox, vol.shape)
+            box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            case = f"{scan.patient_id}_R_{n}"
+            (out / case).mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(vol[box].astype(np.int16), affine), out / case / "image.nii.gz")
+            nib.save(nib.Nifti1Image(mask[box].astype(np.uint8), affine), out / case / "mask.nii.gz")
+            median = float(np.median(ratings))
+            rows.append({"case": case, "patient_id": scan.patient_id, "nodule_id": n,
+                         "malignancy": int(math.ceil(median)) if median != 2.5 else 2,
+                         "ratings": " ".join(map(str, ratings)), "diagnosis": -1,
+                         "diameter_mm": float(max(a.diameter for a in cluster)),
+                         "seriesuid": scan.series_instance_uid})
+    pd.DataFrame(rows).to_csv(out / "nodules.csv", index=False)
+    return out

@@ -109,3 +109,77 @@ def _foreground(x: tf.Tensor, what: str) -> tf.Tensor:
         return x[..., 1:2]
     raise ValueError(f"{what} has shape {x.shape}; SoftDiceLoss expects a last (channel) axis of "
                      "1 (sigmoid / binary) or 2 (softmax / one-hot, channel 1 = foreground)")
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class FocalTverskyLoss(keras.losses.Loss):
+    """Focal Tversky loss of ``spine_vertebrae`` (spec ``spine_vertebrae.md`` §6, decision D1).
+
+    With softmax probabilities ``p`` and one-hot ``g`` (channels last, background included),
+    per sample ``b`` and class ``c`` (sums over the spatial axes)::
+
+        TI_bc = (Σ p·g + s) / (Σ p·g + α·Σ p·(1−g) + β·Σ (1−p)·g + s)      s = 1e-5
+
+    * ``mode="code"`` (default, the authors' code): ``L = 1 − (mean_{b,c} TI_bc)^γ``, the
+      power applied after averaging over batch and classes; α = 0.5 (false positives),
+      β = 0.99 (false negatives), γ = 2.
+    * ``mode="abraham"`` (the paper's citation, Abraham & Khan, ISBI 2019):
+      ``L = mean_{b,c} (1 − TI_bc)^(1/γ)`` (use γ = 4/3).
+
+    Args:
+        alpha, beta, gamma, smooth: as above.
+        mode: ``"code"`` or ``"abraham"``.
+        from_logits: ``y_pred`` are logits (softmax applied here, in float32).
+    ``y_true``: one-hot ``(B, ..., C)`` or integer labels ``(B, ..., 1)``/``(B, ...)`` with C
+    taken from ``y_pred``. Returns a float32 scalar.
+    """
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.99, gamma: float = 2.0, smooth: float = 1e-5,
+                 mode: str = "code", from_logits: bool = True, name: str = "focal_tversky_loss",
+                 reduction: str | None = "sum_over_batch_size", dtype: Any = None) -> None:
+        super().__init__(name=name, reduction=reduction, dtype="float32")
+        if mode not in ("code", "abraham"):
+            raise ValueError(f"mode must be 'code' or 'abraham'; got {mode!r}")
+        self.alpha, self.beta, self.gamma, self.smooth = float(alpha), float(beta), float(gamma), float(smooth)
+        self.mode, self.from_logits = mode, bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        p = tf.cast(y_pred, tf.float32)
+        if self.from_logits:
+            p = tf.nn.softmax(p, axis=-1)
+        g = _one_hot(y_true, p)
+        axes = list(range(1, p.shape.rank - 1))
+        tp = tf.reduce_sum(p * g, axis=axes)
+        fp = tf.reduce_sum(p * (1.0 - g), axis=axes)
+        fn = tf.reduce_sum((1.0 - p) * g, axis=axes)
+        ti = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
+        if self.mode == "code":
+            return 1.0 - tf.pow(tf.reduce_mean(ti), self.gamma)
+        return tf.reduce_mean(tf.pow(1.0 - ti, 1.0 / self.gamma))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "smooth": self.smooth,
+                       "mode": self.mode, "from_logits": self.from_logits})
+        return config
+
+
+def _one_hot(y_true, p: tf.Tensor) -> tf.Tensor:
+    """``y_true`` as a float32 one-hot tensor shaped like ``p`` (``(B, ..., C)``)."""
+    y = tf.cast(y_true, tf.float32)
+    channels = p.shape[-1]
+    if y.shape.rank == p.shape.rank and y.shape[-1] == channels and channels != 1:
+        return y
+    if y.shape.rank == p.shape.rank:
+        y = y[..., 0]
+    return tf.one_hot(tf.cast(tf.round(y), tf.int32), channels, dtype=tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class SoftmaxDiceLoss(SoftDiceLoss):
+    """:class:`SoftDiceLoss` on the foreground channel of softmax(logits) (the plain-Dice
+    choice of ``spine_vertebrae``; the formula and reductions are SoftDiceLoss's).
+    ``y_true``: integer labels ``(B, ..., 1)`` in {0, 1} or one-hot ``(B, ..., 2)``."""
+
+    def call(self, y_true, y_pred):
+        return super().call(y_true, tf.nn.softmax(tf.cast(y_pred, tf.float32), axis=-1))

@@ -3,6 +3,7 @@ start weights and the trainer put together."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,7 +19,8 @@ LAYOUT_OPTIONS: dict[str, dict[str, Any]] = {"open_ms": {"mask_method": "nonzero
 def detect_layout(data: Path) -> str:
     """Guess the dataset layout of ``data`` (a folder or a CSV).
 
-    Returns one of ``csv``, ``wmh_challenge`` (``<site>/<subject>/wmh.nii.gz``), ``open_ms``
+    Returns one of ``csv``, ``lidc_voi`` (``nodules.csv`` with ``case, patient_id, malignancy``
+    + ``<case>/{image,mask}.nii.gz``), ``wmh_challenge`` (``<site>/<subject>/wmh.nii.gz``), ``open_ms``
     (``<subject>/flair.nii.gz`` + ``lesion.nii.gz``), ``spine_chu``
     (``<case>/mask_th12_l5.nii.gz``). Raises InputError when none matches.
     """
@@ -32,6 +34,14 @@ def detect_layout(data: Path) -> str:
         return "open_ms"
     if any(data.glob("*/mask_th12_l5.nii.gz")):
         return "spine_chu"
+    if (data / "nodules.csv").is_file() and any(data.glob("*/mask.nii.gz")) and \
+            {"case", "patient_id", "malignancy"} <= set(
+                (data / "nodules.csv").read_text(encoding="utf-8").splitlines()[0].split(",")):
+        return "lidc_voi"
+    if any(data.glob("*/flair.nii.gz")) and any(data.glob("*/t2.nii.gz")):
+        return "multicontrast"
+    if any(data.glob("img/*.nii*")) and (data / "seg").is_dir():
+        return "chu2015"
     raise errors.InputError(
         f"{data}: unknown dataset layout; expected <site>/<subject>/wmh.nii.gz (WMH challenge), "
         "<subject>/{flair,t1,lesion}.nii.gz (open_ms), <case>/{image,mask_th12_l5}.nii.gz "
@@ -49,6 +59,12 @@ def load_subjects(data: Path, layout: str, inputs: Sequence[str]) -> list:
         return datasets.open_ms(data, tuple(inputs))
     if layout == "spine_chu":
         return datasets.spine_chu(data)
+    if layout == "lidc_voi":
+        return datasets.lidc_voi(data)
+    if layout == "multicontrast":
+        return datasets.multicontrast(data, tuple(inputs))
+    if layout == "chu2015":
+        return datasets.chu2015(data)
     raise errors.InputError(f"unknown layout {layout!r}")
 
 
@@ -99,8 +115,12 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
         node[leaf] = value
     rec = load_recipe(recipe or name, variant, overrides)
     detected = detect_layout(data) if layout == "auto" else layout
-    card = registry.card(name).with_options({**LAYOUT_OPTIONS.get(detected, {}), **dict(options or {})})
-    inputs = card.variant(rec["variant"])["inputs"]
+    layout_opts = {k: v for k, v in LAYOUT_OPTIONS.get(detected, {}).items() if k in registry.card(name)["options"]}
+    card = registry.card(name).with_options({**layout_opts, **dict(options or {})})
+    inputs = list(card.variant(rec["variant"])["inputs"])
+    target = card.variant(rec["variant"]).get("target")  # synthesis entries also read their target image
+    if target and target not in inputs:
+        inputs.append(target)
     subjects = load_subjects(data, detected, inputs)
     val = [s for s in subjects if s.id in set(val_ids)]
     unknown = set(val_ids) - {s.id for s in subjects}
@@ -108,6 +128,9 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
         raise errors.InputError(f"validation subjects not in {data}: {sorted(unknown)}")
     train_subjects = [s for s in subjects if s.id not in set(val_ids)]
     init = start_weights(init_from, rec["variant"]) if init_from is not None else None
+    entry = importlib.import_module(registry.ENTRIES[name])
+    if init and hasattr(entry, "select_start_weights"):  # e.g. multi-view: the run's view only
+        init = entry.select_start_weights(card, init)
     out = Path(out_dir) if out_dir else Path("runs") / f"{name}-{rec['variant']}"
     record = train(card, rec, train_subjects, out, val_subjects=val, members=members, epochs=epochs,
                    steps_per_epoch=steps_per_epoch, strategy=strategy, mixed_precision=mixed_precision,

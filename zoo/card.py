@@ -191,7 +191,7 @@ class ModelCard:
         inf = d["inference"]
         out += ["", "## Inference", "",
                 f"Mode {inf['mode']}, ensemble {inf['ensemble']} of {inf['n_members']} members, "
-                f"threshold {inf['threshold']}.", "", "## Outputs", ""]
+                f"threshold {inf.get('threshold', 'none')}.", "", "## Outputs", ""]
         out += [f"- `{o['name']}` ({o['kind']}, {o['dtype']})" for o in d["outputs"]]
         out += ["", "## Metrics", "", "### Reported (paper)", "",
                 "| metric | value | split | n | dataset | subset | source |", "|---|---|---|---|---|---|---|"]

@@ -4,6 +4,7 @@
     zoo card wmh_ensemble --format yaml
     zoo predict wmh_ensemble --input flair=FLAIR.nii.gz --input t1=T1.nii.gz -o out/
     zoo predict wmh_ensemble --variant flair --input-list cohort.csv -o out/ --shard 2/4
+    zoo export wmh_ensemble --variant flair --format onnx -o wmh.onnx
 
 Every error a user can cause is printed as one line ``zoo: error: <message>`` on stderr
 (exit 2 for usage errors, 1 for everything else); ``--debug`` shows the traceback instead.
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "inplane_spacing_mm=[1.0,1.0]); repeatable")
     p.add_argument("--resample", action="store_true",
                    help="resample inputs on another grid onto the reference input's grid")
+    p.add_argument("--backend", choices=["keras", "onnx"], default="keras",
+                   help="run the networks with Keras (default) or onnxruntime (pip install 'zoo[onnx]')")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", action="append", type=_key_value, default=None,
                      metavar="NAME=PATH", help="one input image (repeatable, e.g. flair=FLAIR.nii.gz)")
@@ -135,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV",
                        help="training data: a folder (layout auto-detected) or a CSV")
         p.add_argument("--layout", default="auto",
-                       choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "chu2015", "csv"],
+                       choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "chu2015", "lidc_voi", "csv"],
                        help="dataset layout (default: detect)")
         p.add_argument("--recipe", help="recipe YAML (default: the entry's bundled recipe)")
         p.add_argument("--variant", help="card variant (default: the recipe's first)")
@@ -172,6 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-dir", type=Path, default=None, metavar="DIR",
                    help="offline sample folder (default $ZOO_SAMPLES_DIR)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "export", parents=[common], help="export an entry's networks (ONNX)",
+        description="Export an entry's trained members as ONNX graphs (float32, named inputs, "
+                    "dynamic batch axis). Needs the optional extra: pip install 'zoo[onnx]'.",
+        epilog="One member (or --fused) is written to FILE; several members to "
+               "FILE-stem.member0.onnx, FILE-stem.member1.onnx, ... beside FILE.")
+    p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
+    p.add_argument("--variant", help="variant (default: the card's default_variant)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="PATH_OR_URL", help="weights (default: the card's)")
+    w.add_argument("--untrained", action="store_true", help="export the untrained architecture")
+    p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="card option (e.g. n_members=1); repeatable")
+    p.add_argument("--fused", action="store_true",
+                   help="one graph: the mean of every member's output (slicewise/sliding-window ensembles)")
+    p.add_argument("-o", "--output", dest="output", type=Path, required=True, metavar="FILE",
+                   help="output .onnx file")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", parents=[common], help="score weights on labelled subjects",
                        description="Predict labelled subjects and score them with the challenge metrics.")
@@ -275,6 +298,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``zoo export NAME --format onnx -o FILE``: write the members as ONNX and print the paths."""
+    from zoo import onnx_backend
+
+    if not args.output.name.lower().endswith(".onnx"):
+        raise UsageError(f"-o {args.output}: the output file must end in .onnx")
+    onnx_backend.require()  # before loading anything
+    model = _load(args, _unique(args.option, "--option"))
+    for path in onnx_backend.export(model, args.output, fused=args.fused):
+        print(path)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``zoo evaluate``: per-case metrics and their summary for labelled subjects."""
     from zoo import registry
@@ -313,7 +349,9 @@ def _load(args: argparse.Namespace, options: dict[str, Any]):
     from zoo.registry import DEFAULT
 
     weights = None if args.untrained else (args.weights if args.weights is not None else DEFAULT)
-    return zoo.load(args.name, variant=args.variant, weights=weights, options=options or None)
+    backend = getattr(args, "backend", "keras")
+    extra = {} if backend == "keras" else {"backend": backend}
+    return zoo.load(args.name, variant=args.variant, weights=weights, options=options or None, **extra)
 
 
 def _predict_one(model, inputs: dict[str, str], args: argparse.Namespace) -> int:
@@ -321,6 +359,8 @@ def _predict_one(model, inputs: dict[str, str], args: argparse.Namespace) -> int
     written = pred.save(args.out_dir)
     for path in written.values():
         print(path)
+    if getattr(pred, "table", None) is not None:  # per-object results (e.g. one row per nodule)
+        print(pred.table.to_string(index=False))
     _print_volumes(pred.volumes_ml)
     return 0
 
@@ -394,6 +434,8 @@ def _check_columns(model, cohort: list[tuple[str, dict[str, str]]], csv_path: Pa
     given = {k for _, inputs in cohort for k in inputs}
     unknown = sorted(given - set(model.input_names) - set(model.optional_inputs))
     missing = [k for k in model.input_names if k not in given] if cohort else []
+    if model.card.variant(model.variant).get("any_subset") and given & set(model.input_names):
+        missing = []  # e.g. diamondgan: any non-empty subset of the sources
     if unknown or missing:
         found = (f"has columns {unknown} that are not inputs of" if unknown
                  else f"gives no paths in the required column(s) {missing} of")

@@ -118,3 +118,9 @@ class MetricError(ZooError, ValueError):
 
 class RecipeError(ZooError):
     """A training recipe is missing or fails its schema."""
+
+
+# --- inference backends --------------------------------------------------------------------
+class BackendError(ZooError):
+    """An inference backend is unknown, its optional packages are not installed, or a model
+    cannot be converted to it (e.g. ONNX export)."""

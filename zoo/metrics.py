@@ -22,6 +22,8 @@ Public functions:
   :func:`lesion_f1`, :func:`vol_similarity`, :func:`hd95_mm`: the same metrics on boolean masks.
 * :func:`challenge_rank_scores`: the challenge's normalised rank score (§2.6).
 * :func:`summarise`: mean ± SD and median [IQR] with the NaN count (§7, §8).
+* :func:`psnr_db`, :func:`ssim`, :func:`mae`, :func:`synthesis_metrics`: image-synthesis metrics
+  (§5) with an explicit data range, optionally inside a brain mask (``*_brain`` names).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ __all__ = [
     "hd95_mm",
     "challenge_rank_scores",
     "summarise",
+    "psnr_db",
+    "ssim",
+    "ssim_map",
+    "mae",
+    "synthesis_metrics",
 ]
 
 EMPTY_POLICIES = ("zoo", "compat")
@@ -644,3 +651,183 @@ def summarise(values: Iterable[float]) -> dict[str, float | int]:
         if n > 1:
             out["sd"] = float(x.std(ddof=1))
     return out
+
+
+# --- §5 synthesis metrics (DiamondGAN) --------------------------------------------------------
+#: SSIM constants of Wang et al., IEEE TIP 2004 (metrics.md §5): Gaussian sigma 1.5, window
+#: 11x11 (scipy truncate 3.5 -> radius 5), K1 = 0.01, K2 = 0.03.
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def _image_pair(y_true: Any, y_pred: Any, data_range: float, mask: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    t = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    if t.shape != p.shape:
+        raise errors.MetricError(f"reference and synthetic images differ in shape: {t.shape} vs {p.shape}")
+    if not (np.isfinite(data_range) and data_range > 0):
+        raise errors.MetricError(f"data_range must be a positive number (e.g. 2.0 for [-1, 1]), got {data_range}")
+    m = None
+    if mask is not None:
+        m = np.asarray(mask).astype(bool)
+        if m.shape != t.shape:
+            raise errors.MetricError(f"mask shape {m.shape} differs from the images' {t.shape}")
+    return t, p, m
+
+
+def mae(y_true: Any, y_pred: Any, mask: Any = None) -> float:
+    """Mean absolute error ``mean(|y_pred - y_true|)`` (metrics.md §5), over all pixels or over
+    ``mask`` (then name it ``mae_brain``). Scale-dependent: report the intensity scale with it.
+    NaN when the mask is empty. Raises MetricError on a shape mismatch."""
+    t, p, m = _image_pair(y_true, y_pred, 1.0, mask)
+    d = np.abs(p - t)
+    d = d if m is None else d[m]
+    return float(d.mean()) if d.size else math.nan
+
+
+def psnr_db(y_true: Any, y_pred: Any, data_range: float, mask: Any = None) -> float:
+    """Peak signal-to-noise ratio ``10 log10(R^2 / MSE)`` in dB with the declared nominal data
+    range ``R`` (metrics.md §5: 2.0 for [-1, 1], 1.0 for [0, 1]; never estimated from the data).
+
+    Over all pixels, or over ``mask`` (name it ``psnr_db_brain``). MSE = 0 gives ``+inf`` (the
+    caller excludes it from means and counts it, as :func:`summarise` does); an empty mask NaN.
+    Raises MetricError on a shape mismatch or a non-positive ``data_range``.
+    """
+    t, p, m = _image_pair(y_true, y_pred, data_range, mask)
+    d = (p - t) ** 2
+    d = d if m is None else d[m]
+    if not d.size:
+        return math.nan
+    mse = float(d.mean())
+    return math.inf if mse == 0.0 else float(10.0 * np.log10(data_range ** 2 / mse))
+
+
+def ssim_map(y_true: Any, y_pred: Any, data_range: float) -> np.ndarray:
+    """Local SSIM of two 2D images (Wang et al. 2004; metrics.md §5): Gaussian window sigma 1.5
+    (11x11), K1 0.01, K2 0.03, L = ``data_range``, population covariances.
+
+    Returns the ``(H, W)`` SSIM map; only positions at least 5 pixels from the border (the
+    window lies inside the image) are meaningful, see :func:`ssim`.
+    """
+    t, p, _ = _image_pair(y_true, y_pred, data_range, None)
+    if t.ndim != 2:
+        raise errors.MetricError(f"ssim works on 2D slices, got shape {t.shape}")
+
+    def g(x):
+        return ndi.gaussian_filter(x, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+
+    mu_t, mu_p = g(t), g(p)
+    var_t = g(t * t) - mu_t ** 2
+    var_p = g(p * p) - mu_p ** 2
+    cov = g(t * p) - mu_t * mu_p
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    return ((2 * mu_t * mu_p + c1) * (2 * cov + c2)) / ((mu_t ** 2 + mu_p ** 2 + c1) * (var_t + var_p + c2))
+
+
+def ssim(y_true: Any, y_pred: Any, data_range: float, mask: Any = None) -> float:
+    """Mean SSIM of two 2D slices over the window positions inside the image (the scikit-image
+    ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False`` convention: a 5-pixel
+    border is left out), metrics.md §5. With ``mask`` the mean runs over the positions inside
+    the mask too (name it ``ssim_brain``). NaN when no position is left.
+    Raises MetricError on a shape mismatch, non-2D input or a non-positive ``data_range``.
+    """
+    s = ssim_map(y_true, y_pred, data_range)
+    r = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    keep = np.zeros(s.shape, dtype=bool)
+    keep[r:s.shape[0] - r, r:s.shape[1] - r] = True
+    if mask is not None:
+        m = np.asarray(mask).astype(bool)
+        if m.shape != s.shape:
+            raise errors.MetricError(f"mask shape {m.shape} differs from the images' {s.shape}")
+        keep &= m
+    return float(s[keep].mean()) if keep.any() else math.nan
+
+
+def synthesis_metrics(reference: Any, synthetic: Any, data_range: float, mask: Any = None,
+                      axis: int = 2) -> dict[str, Any]:
+    """Per-slice PSNR, SSIM and MAE of a synthetic volume against the real one, averaged over
+    slices (metrics.md §5), plus the per-volume PSNR/MAE.
+
+    Args:
+        reference, synthetic: ``(I, J, K)`` arrays on one grid and one intensity scale.
+        data_range: nominal range R of that scale (2.0 for [-1, 1], 1.0 for [0, 1]).
+        mask: optional boolean ``(I, J, K)`` brain mask; then the names get ``_brain``
+            (``psnr_db_brain``, ``ssim_brain``, ``mae_brain``) and only slices with mask voxels
+            count.
+        axis: the slice axis (2 = axial for ``(i, j, k)`` arrays).
+    Returns:
+        ``{"psnr_db[_brain]", "ssim[_brain]", "mae[_brain]"}`` = means over slices (inf PSNR
+        excluded), ``n_slices``, ``n_inf_psnr``, ``volume_psnr_db[_brain]``,
+        ``volume_mae[_brain]``.
+    Raises:
+        MetricError: shape mismatch or non-positive data range.
+    """
+    t, p, m = _image_pair(reference, synthetic, data_range, mask)
+    sfx = "" if m is None else "_brain"
+    psnrs, ssims, maes = [], [], []
+    for k in range(t.shape[axis]):
+        tk, pk = np.take(t, k, axis=axis), np.take(p, k, axis=axis)
+        mk = None if m is None else np.take(m, k, axis=axis)
+        if mk is not None and not mk.any():
+            continue
+        psnrs.append(psnr_db(tk, pk, data_range, mk))
+        ssims.append(ssim(tk, pk, data_range, mk))
+        maes.append(mae(tk, pk, mk))
+    ps = summarise(psnrs)
+    return {f"psnr_db{sfx}": ps["mean"], f"ssim{sfx}": summarise(ssims)["mean"],
+            f"mae{sfx}": summarise(maes)["mean"], "n_slices": len(psnrs), "n_inf_psnr": ps["n_inf"],
+            f"volume_psnr_db{sfx}": psnr_db(t, p, data_range, m), f"volume_mae{sfx}": mae(t, p, m)}
+
+
+# --- §6 classification metrics (lung_nodule) -------------------------------------------------
+def confusion_counts(y_true: Any, y_pred: Any) -> dict[str, int]:
+    """TP, FP, TN, FN of binary labels (1 = positive, e.g. malignant), metrics.md §6.
+
+    Raises:
+        MetricError: different lengths or values other than 0/1.
+    """
+    t = np.asarray(y_true).astype(int).ravel()
+    p = np.asarray(y_pred).astype(int).ravel()
+    if t.shape != p.shape:
+        raise errors.MetricError(f"labels and predictions differ in length: {t.shape} vs {p.shape}")
+    if not (np.isin(t, (0, 1)).all() and np.isin(p, (0, 1)).all()):
+        raise errors.MetricError("labels and predictions must be 0/1")
+    return {"tp": int(((t == 1) & (p == 1)).sum()), "fp": int(((t == 0) & (p == 1)).sum()),
+            "tn": int(((t == 0) & (p == 0)).sum()), "fn": int(((t == 1) & (p == 0)).sum())}
+
+
+def roc_auc(y_true: Any, scores: Any) -> float:
+    """ROC AUC by the rank formula (metrics.md §6): the probability that a random positive scores
+    higher than a random negative, ties counted 1/2, i.e. Mann-Whitney U / (n1 n0), computed with
+    mid-ranks: ``(sum of positive ranks - n1(n1+1)/2) / (n1 n0)``. NaN if only one class is present.
+    """
+    from scipy.stats import rankdata
+
+    t = np.asarray(y_true).astype(int).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if t.shape != s.shape:
+        raise errors.MetricError(f"labels and scores differ in length: {t.shape} vs {s.shape}")
+    n1, n0 = int((t == 1).sum()), int((t == 0).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(s)  # mid-ranks for ties
+    return float((ranks[t == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def classification_metrics(y_true: Any, scores: Any, threshold: float = 0.5) -> dict[str, float]:
+    """Nodule-level metrics of metrics.md §6 with malignant = 1 positive: ``accuracy``,
+    ``precision`` (NaN without positive predictions), ``recall`` (NaN without positives),
+    ``specificity`` (NaN without negatives), ``roc_auc`` (:func:`roc_auc`), and the counts.
+    Predictions are ``scores >= threshold`` (argmax of two softmax outputs = 0.5)."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    c = confusion_counts(y_true, (s >= threshold).astype(int))
+    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
+    n = tp + fp + tn + fn
+
+    def ratio(a: int, b: int) -> float:
+        return float(a) / b if b else float("nan")
+
+    return {"accuracy": ratio(tp + tn, n), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp), "roc_auc": roc_auc(y_true, s), **c}

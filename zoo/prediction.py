@@ -7,12 +7,15 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 
 from zoo import errors
 from zoo.io import _refuse_protected, publish
+
+if TYPE_CHECKING:  # pandas is imported only by entries that return a table
+    import pandas
 
 
 @dataclass
@@ -28,6 +31,8 @@ class Prediction:
         timing_s: seconds spent per stage (``read``, ``preprocess``, ``network``, ``invert``).
         entry, variant, card_version: what produced it.
         input_paths: input files; :meth:`save` refuses to overwrite any of them.
+        table: optional per-object results as a ``pandas.DataFrame`` (e.g. one row per nodule
+            for ``lung_nodule``); :meth:`save` writes it as ``<prefix>table.csv``.
     """
 
     images: dict[str, nib.Nifti1Image]
@@ -38,17 +43,22 @@ class Prediction:
     qc: dict[str, Any] = field(default_factory=dict)
     timing_s: dict[str, float] = field(default_factory=dict)
     input_paths: list[Path] = field(default_factory=list)
+    table: "pandas.DataFrame | None" = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (no voxel data)."""
-        return {"entry": self.entry, "variant": self.variant, "card_version": self.card_version,
-                "volumes_ml": dict(self.volumes_ml), "qc": dict(self.qc),
-                "timing_s": {k: round(v, 3) for k, v in self.timing_s.items()},
-                "outputs": sorted(self.images), "inputs": [str(p) for p in self.input_paths]}
+        """A JSON-ready summary (no voxel data); with a :attr:`table`, its rows as ``"table"``."""
+        out = {"entry": self.entry, "variant": self.variant, "card_version": self.card_version,
+               "volumes_ml": dict(self.volumes_ml), "qc": dict(self.qc),
+               "timing_s": {k: round(v, 3) for k, v in self.timing_s.items()},
+               "outputs": sorted(self.images), "inputs": [str(p) for p in self.input_paths]}
+        if self.table is not None:
+            out["table"] = json.loads(self.table.to_json(orient="records"))
+        return out
 
     def save(self, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
         """Write every output as ``<out_dir>/<prefix><name>.nii.gz`` plus
-        ``<prefix>prediction.json`` (the :meth:`to_dict` summary).
+        ``<prefix>prediction.json`` (the :meth:`to_dict` summary) and, when there is a
+        :attr:`table`, ``<prefix>table.csv``.
 
         All files are first written to temporary files in ``out_dir`` and renamed only when
         every one of them was written, so a failure leaves no partial output behind.
@@ -63,18 +73,22 @@ class Prediction:
             raise errors.OutputError(f"output folder {out} exists and is not a folder")
         targets = {name: out / f"{prefix}{name}.nii.gz" for name in self.images}
         targets["summary"] = out / f"{prefix}prediction.json"
+        if self.table is not None:
+            targets["table"] = out / f"{prefix}table.csv"
         for dest in targets.values():
             _refuse_protected(dest, self.input_paths)
         out.mkdir(parents=True, exist_ok=True)
         temps: dict[str, str] = {}
         try:
             for name, dest in targets.items():
-                suffix = ".json" if name == "summary" else ".nii.gz"
+                suffix = {"summary": ".json", "table": ".csv"}.get(name, ".nii.gz")
                 fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=out)
                 os.close(fd)
                 temps[name] = tmp
                 if name == "summary":
                     Path(tmp).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+                elif name == "table":
+                    self.table.to_csv(tmp, index=False, encoding="utf-8")
                 else:
                     nib.save(self.images[name], tmp)
             for name, tmp in temps.items():

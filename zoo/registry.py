@@ -15,7 +15,12 @@ log = logging.getLogger(__name__)
 
 #: Entry id -> module implementing ``build_members(card, variant)`` and ``predict(model, volumes)``.
 ENTRIES: dict[str, str] = {
+    "diamondgan": "zoo.entries.diamondgan",
     "wmh_ensemble": "zoo.entries.wmh_ensemble",
+    "lung_nodule": "zoo.entries.lung_nodule",
+    "spine_vertebrae": "zoo.entries.spine_vertebrae",
+    "claustrum_multiview": "zoo.entries.claustrum_multiview",
+    "neonatal_claustrum": "zoo.entries.neonatal_claustrum",
 }
 
 #: Sentinel for "resolve weights from the card" (cache, bundled folder, URLs).
@@ -64,7 +69,7 @@ def _weights_status(records: list[dict]) -> str:
 
 
 def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
-         options: Mapping[str, Any] | None = None):
+         options: Mapping[str, Any] | None = None, backend: str = "keras"):
     """Load an entry: build its Keras members and load their weights.
 
     Args:
@@ -76,25 +81,47 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
             http(s) URL loads those (a folder holds ``member0.npz``, ``member1.npz``, ...).
         options: paper-vs-code switches from the card's ``options`` (e.g.
             ``{"threshold": 0.45, "mask_method": "nonzero"}``).
+        backend: ``"keras"`` (default) or ``"onnx"``: the members are exported to ONNX (cached
+            under ``$ZOO_HOME/onnx``, keyed by their weights) and run by onnxruntime through the
+            entry's unchanged ``predict`` flow (:mod:`zoo.onnx_backend`; ``pip install 'zoo[onnx]'``).
     Returns:
         :class:`~zoo.model.ZooModel`.
     Raises:
         UnknownEntryError, UnknownVariantError, CardError, WeightsNotAvailableError,
-        ChecksumError, WeightsError.
+        ChecksumError, WeightsError, BackendError (unknown backend, onnx extra missing).
     """
     from zoo.model import ZooModel  # imports Keras/TensorFlow: only when a model is loaded
+    from zoo.onnx_backend import BACKENDS
 
+    if backend not in BACKENDS:
+        raise errors.BackendError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     c = card(name).with_options(options)
     rec = c.variant(variant)
     variant = variant or c["default_variant"]
+    if backend == "onnx":
+        from zoo.onnx_backend import require
+
+        require()  # before building anything: a missing extra is a one-line error
     entry = importlib.import_module(ENTRIES[name])
     models = entry.build_members(c, variant)
-    if weights is None:
-        return ZooModel(c, variant, models, entry, None)
-    paths, checksums = _weight_paths(c, variant, rec["weights"], weights, len(models))
-    for model, path, digest in zip(models, paths, checksums):
-        weights_mod.load_weights(model, path, sha256=digest)
-    return ZooModel(c, variant, models, entry, [str(p) for p in paths])
+    source = None
+    if weights is not None:
+        paths, checksums = _weight_paths(c, variant, rec["weights"], weights, len(models))
+        for model, path, digest in zip(models, paths, checksums):
+            weights_mod.load_weights(model, path, sha256=digest)
+        source = [str(p) for p in paths]
+    if backend == "onnx":
+        from zoo.onnx_backend import onnx_members
+
+        return ZooModel(c, variant, onnx_members(c.id, variant, models), entry, source,
+                        backend="onnx", keras_models=models)
+    return ZooModel(c, variant, models, entry, source)
+
+
+def _how_to(c: ModelCard, variant: str) -> str:
+    """The card's own instructions for getting weights (``variants.<v>.upstream_weights.how_to``)."""
+    how = (c.variant(variant).get("upstream_weights") or {}).get("how_to")
+    return f". How to get them: {' '.join(str(how).split())}" if how else ""
 
 
 def _weight_paths(c: ModelCard, variant: str, records: list[dict], weights: Any,
@@ -119,7 +146,7 @@ def _weight_paths(c: ModelCard, variant: str, records: list[dict], weights: Any,
             f"{c.id} (variant {variant}) ships no trained weights in card version {c.version}. "
             f"Pass weights='folder/with/member0.npz...' (e.g. from `zoo train` or converted from the "
             f"authors' Keras 2 .h5 files with zoo.weights.convert_keras2_h5_files), or weights=None "
-            f"for the untrained architecture")
+            f"for the untrained architecture" + _how_to(c, variant))
     if isinstance(explicit, (list, tuple)):
         paths = [Path(p) for p in explicit]
     else:

@@ -36,6 +36,9 @@ from zoo import errors
 #: Task name -> module. Add a line here for a new kind of training.
 TASKS: dict[str, str] = {
     "segmentation2d": "zoo.training.tasks.segmentation2d",
+    "classification3d": "zoo.training.tasks.classification3d",
+    "gan_synthesis": "zoo.training.tasks.gan_synthesis",
+    "segmentation3d": "zoo.training.tasks.segmentation3d",
 }
 
 #: The task of recipes that name none (the first recipes were all 2D segmentation).

@@ -54,3 +54,47 @@ class CenterCropPad:
         src, dst = self._regions()
         out[src] = slices[dst]
         return out
+
+
+@dataclass(frozen=True)
+class CenterCropPadND:
+    """Centre crop or pad the leading ``len(size)`` axes of an array to ``size`` (any number of
+    axes, e.g. ``(X, Y, Z)`` volumes of the 3D entries; trailing channel axes are carried along).
+
+    The TorchIO ``CropOrPad`` convention (spec ``spine_vertebrae.md`` §4): per axis with
+    ``diff = t − s``, pad ``floor(diff/2)`` before and the rest after; crop ``floor(|diff|/2)``
+    at the start. Same rule as :class:`CenterCropPad` on the in-plane axes. A target of ``None``
+    keeps that axis.
+    """
+
+    in_size: tuple[int, ...]
+    size: tuple[int | None, ...]
+
+    @property
+    def out_size(self) -> tuple[int, ...]:
+        return tuple(s if t is None else int(t) for s, t in zip(self.in_size, self.size))
+
+    def _regions(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        src, dst = [], []
+        for s, t in zip(self.in_size, self.out_size):
+            crop, pad = ((s - t) // 2, 0) if s >= t else (0, (t - s) // 2)
+            length = min(s, t)
+            src.append(slice(crop, crop + length))
+            dst.append(slice(pad, pad + length))
+        return tuple(src), tuple(dst)
+
+    def forward(self, array: np.ndarray, pad_value: float = 0.0) -> np.ndarray:
+        """``(*in_size, ...)`` -> ``(*out_size, ...)``; padding takes ``pad_value``."""
+        if tuple(array.shape[:len(self.in_size)]) != tuple(self.in_size):
+            raise ValueError(f"array shape {array.shape} does not start with {self.in_size}")
+        out = np.full((*self.out_size, *array.shape[len(self.in_size):]), pad_value, dtype=array.dtype)
+        src, dst = self._regions()
+        out[dst] = array[src]
+        return out
+
+    def inverse(self, array: np.ndarray, fill_value: float = 0.0) -> np.ndarray:
+        """``(*out_size, ...)`` -> ``(*in_size, ...)``; cropped-away regions get ``fill_value``."""
+        out = np.full((*self.in_size, *array.shape[len(self.in_size):]), fill_value, dtype=array.dtype)
+        src, dst = self._regions()
+        out[src] = array[dst]
+        return out

@@ -12,7 +12,17 @@ step                parameters                                                  
 ``zscore``          statistics inside the brain mask, per input                  none needed
 ``slices``          ``axis``: voxel axis that indexes the 2D slices              exact
 ``crop_pad``        ``size`` ``[H, W]``, ``pad_value`` min|zero                  exact (0 fill)
+``resample``        ``spacing_mm`` ``[si, sj, sk]`` (3D), ``order`` (3 = cubic)    linear
+``denoise``         ``method`` none|patch_based (SimpleITK), ``params``           none needed
+``minmax``          ``percentiles`` ``[lo, hi]`` inside the brain mask -> [-1, 1],  state.scaling
+                    clipped; ``mask_background``: -1 outside the mask
 =================== =========================================================== ==========
+
+Multi-view (``claustrum_multiview.md`` §4): a ``slices`` step may name ``views`` (view name ->
+voxel axis of the reoriented grid, e.g. ``{axial: 2, coronal: 1}``) and ``view`` (the view that
+:meth:`SlicePipeline.apply` cuts, e.g. for training); :meth:`SlicePipeline.apply_views` runs the
+volume steps once and cuts every view. ``brain_mask`` with ``apply_given: true`` also zeroes the
+image outside a given brain mask (skull stripping by the user's mask).
 
 A user-given brain mask (input ``brain_mask``) replaces the computed one. Volumes enter as
 ``(I, J, K)`` arrays; the network input leaves as ``(N, H, W, C)`` float32 with channels in
@@ -29,12 +39,13 @@ import numpy as np
 from zoo.io import Volume
 from zoo.preprocessing import brainmask
 from zoo.preprocessing.cropping import CenterCropPad
-from zoo.preprocessing.intensity import zscore
+from zoo.preprocessing.intensity import MinMaxScaling, zscore
 from zoo.preprocessing.orientation import Reorientation
-from zoo.preprocessing.resampling import InplaneResampling
+from zoo.preprocessing.resampling import InplaneResampling, Resampling
 
 MASK_INPUT = "brain_mask"
-KNOWN_STEPS = ("reorient", "resample_inplane", "brain_mask", "zscore", "slices", "crop_pad")
+KNOWN_STEPS = ("reorient", "resample_inplane", "resample", "brain_mask", "denoise", "zscore", "slices",
+               "crop_pad", "minmax")
 
 
 @dataclass
@@ -48,6 +59,12 @@ class PipelineState:
     crop: CenterCropPad | None = None
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     network_shape: tuple[int, ...] = ()
+    #: 4x4 voxel-to-world affine (RAS, mm) of the 3D grid the slices are cut from (after
+    #: reorientation and resampling); ``resampling`` may also hold a 3D :class:`Resampling`.
+    grid_affine: np.ndarray | None = None
+    view: str | None = None
+    #: Per-input :class:`MinMaxScaling` of a ``minmax`` step (its inverse maps [-1, 1] back).
+    scaling: dict[str, MinMaxScaling] = field(default_factory=dict)
 
     def brain_slices(self) -> np.ndarray:
         """Boolean ``(N,)``: slices of the network input that contain brain-mask voxels."""
@@ -79,64 +96,136 @@ class SlicePipeline:
     def apply(self, volumes: Mapping[str, Volume]) -> tuple[np.ndarray, PipelineState]:
         """Run the steps on volumes that already share one grid (see ``grid.align_inputs``).
 
+        A ``slices`` step with ``views`` cuts its ``view`` (default: its first view), else its
+        ``axis``.
+
         Args:
             volumes: name -> Volume for every channel, plus optionally ``"brain_mask"``.
         Returns:
             ``(x, state)``: ``x`` float32 ``(N, H, W, C)``; ``state`` for :meth:`invert`.
         Raises:
             ConstantImageError: empty brain mask or constant intensities.
+            NonFiniteError: a denoising step produced non-finite values.
         """
+        cut = next((i for i, s in enumerate(self.steps) if s["step"] == "slices"), None)
+        if cut is None:
+            raise ValueError("the preprocessing steps must include 'slices'")
+        if any(s["step"] == "crop_pad" for s in self.steps[:cut]):
+            raise ValueError("crop_pad must come after slices")
+        step = self.steps[cut]
+        data, state = self._volume_steps(volumes, self.steps[:cut])
+        views = step.get("views")
+        if views:
+            state.view = step.get("view") or next(iter(views))
+            if state.view not in views:
+                raise ValueError(f"slices view {state.view!r} is not one of {sorted(views)}")
+            axis = int(views[state.view])
+        else:
+            axis = int(step["axis"])
+        return self._apply_slices(data, state, axis)
+
+    def apply_views(self, volumes: Mapping[str, Volume],
+                    views: Sequence[str]) -> dict[str, tuple[np.ndarray, PipelineState]]:
+        """Run the volume steps once, then cut each of ``views`` (names of the ``slices`` step's
+        ``views``, e.g. ``axial`` = voxel axis k, ``coronal`` = j of the RAS grid) and crop/pad
+        it (spec ``claustrum_multiview.md`` §4 steps 4-5).
+
+        Returns:
+            view -> ``(x, state)`` as :meth:`apply` gives for that view; the states share the
+            volume-level records (reorientation, resampling, masks, ``grid_affine``).
+        Raises:
+            ValueError: a view the ``slices`` step does not define.
+        """
+        cut = next((i for i, s in enumerate(self.steps) if s["step"] == "slices"), None)
+        known = dict(self.steps[cut].get("views") or {}) if cut is not None else {}
+        unknown = [v for v in views if v not in known]
+        if unknown:
+            raise ValueError(f"views {unknown} are not defined by the slices step (it has {sorted(known)})")
+        data, state = self._volume_steps(volumes, self.steps[:cut])
+        out = {}
+        for view in views:
+            vstate = PipelineState(**{**state.__dict__, "view": view})
+            out[view] = self._apply_slices(data, vstate, int(known[view]))
+        return out
+
+    def _volume_steps(self, volumes: Mapping[str, Volume],
+                      steps: Sequence[Mapping[str, Any]]) -> tuple[dict[str, np.ndarray], PipelineState]:
+        """The steps before ``slices``: ``(I, J, K)`` volumes per channel and the state."""
         ref = volumes[self.channels[0]]
-        state = PipelineState(reference=ref)
+        state = PipelineState(reference=ref, grid_affine=np.asarray(ref.affine, float))
         data = {name: np.asarray(volumes[name].array) for name in self.channels}
         given_mask = volumes.get(MASK_INPUT)
         mask = None if given_mask is None else np.asarray(given_mask.array) > 0
         spacing = ref.spacing
         sources = {name: volumes[name].source for name in self.channels}
-        slices = None
-        for step in self.steps:
+        for step in steps:
             kind = step["step"]
             if kind == "reorient":
                 r = Reorientation.between(ref.affine, ref.shape, step["codes"])
                 state.reorientation = r
+                state.grid_affine = r.target_affine(state.grid_affine)
                 data = {k: r.forward(v) for k, v in data.items()}
                 mask = None if mask is None else r.forward(mask)
                 spacing = _reoriented_spacing(spacing, r)
-            elif kind == "resample_inplane":
+            elif kind in ("resample_inplane", "resample"):
                 target = step.get("spacing_mm")
                 if target is None:
                     continue
-                shape = next(iter(data.values())).shape
-                rs = InplaneResampling(tuple(shape), (float(spacing[0]), float(spacing[1])),
-                                       (float(target[0]), float(target[1])))
+                shape = tuple(next(iter(data.values())).shape)
+                if kind == "resample_inplane":
+                    rs = InplaneResampling(shape, (float(spacing[0]), float(spacing[1])),
+                                           (float(target[0]), float(target[1])))
+                else:
+                    rs = Resampling(shape, tuple(float(v) for v in spacing),
+                                    tuple(None if t is None else float(t) for t in target))
                 state.resampling = rs
-                data = {k: rs.forward(v) for k, v in data.items()}
+                state.grid_affine = rs.out_affine(state.grid_affine)
+                order = int(step.get("order", 1))
+                data = {k: rs.forward(v, order=order) for k, v in data.items()}
                 mask = None if mask is None else rs.forward(mask.astype(np.float32), order=0) > 0.5
+                out_spacing = np.asarray(rs.out_spacing, float)
+                spacing = out_spacing if kind == "resample" else np.array([*out_spacing[:2], spacing[2]])
             elif kind == "brain_mask":
+                if mask is not None and step.get("apply_given", False):
+                    data = {k: np.where(mask, v, 0).astype(np.float32) for k, v in data.items()}
                 state.masks = self._masks(step, data, mask)
+            elif kind == "denoise":
+                from zoo.preprocessing.denoise import denoise
+
+                data = {k: denoise(v, step, spacing_mm=spacing, source=sources[k]) for k, v in data.items()}
             elif kind == "zscore":
                 data = {k: zscore(v, state.masks.get(k), source=sources[k]) for k, v in data.items()}
-            elif kind == "slices":
-                axis = int(step["axis"])
-                order = (axis, *[a for a in (2, 1, 0) if a != axis])
-                state.slice_order = order
-                slices = np.stack([np.transpose(data[c], order) for c in self.channels], axis=-1)
-            elif kind == "crop_pad":
-                if slices is None:
-                    raise ValueError("crop_pad must come after slices")
-                size = tuple(int(s) for s in step["size"])
-                crop = CenterCropPad(tuple(slices.shape[1:3]), size)
-                state.crop = crop
-                if step.get("pad_value", "min") == "min":
-                    pad = slices.reshape(-1, slices.shape[-1]).min(axis=0)
-                else:
-                    pad = np.zeros(slices.shape[-1], dtype=slices.dtype)
-                slices = crop.forward(slices, pad)
-        if slices is None:
-            raise ValueError("the preprocessing steps must include 'slices'")
+            elif kind == "minmax":
+                state.scaling = {k: MinMaxScaling.fit(v, state.masks.get(k), tuple(step.get("percentiles", (0, 100))),
+                                                      source=sources[k]) for k, v in data.items()}
+                data = {k: state.scaling[k].forward(v, state.masks.get(k) if step.get("mask_background") else None)
+                        for k, v in data.items()}
+        return data, state
+
+    def _apply_slices(self, data: Mapping[str, np.ndarray], state: PipelineState,
+                      axis: int) -> tuple[np.ndarray, PipelineState]:
+        """Cut ``(I, J, K)`` volumes along voxel ``axis`` and run the steps after ``slices``."""
+        order = (axis, *[a for a in (2, 1, 0) if a != axis])
+        state.slice_order = order
+        slices = np.stack([np.transpose(data[c], order) for c in self.channels], axis=-1)
+        start = next(i for i, s in enumerate(self.steps) if s["step"] == "slices") + 1
+        for step in self.steps[start:]:
+            if step["step"] == "crop_pad":
+                slices = self._crop_pad(step, slices, state)
         x = np.ascontiguousarray(slices, dtype=np.float32)
         state.network_shape = x.shape
         return x, state
+
+    @staticmethod
+    def _crop_pad(step: Mapping[str, Any], slices: np.ndarray, state: PipelineState) -> np.ndarray:
+        size = tuple(int(s) for s in step["size"])
+        crop = CenterCropPad(tuple(slices.shape[1:3]), size)
+        state.crop = crop
+        if step.get("pad_value", "min") == "min":
+            pad = slices.reshape(-1, slices.shape[-1]).min(axis=0)
+        else:
+            pad = np.zeros(slices.shape[-1], dtype=slices.dtype)
+        return crop.forward(slices, pad)
 
     def _masks(self, step: Mapping[str, Any], data: Mapping[str, np.ndarray],
                given: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -153,7 +242,10 @@ class SlicePipeline:
                      for k, v in data.items()}
         else:
             raise ValueError(f"brain_mask method {method!r} needs a '{MASK_INPUT}' input")
-        if step.get("shared", False):
+        if step.get("shared", False) == "intersection":
+            common = np.logical_and.reduce([masks[k] for k in self.channels])
+            masks = {k: common for k in masks}
+        elif step.get("shared", False):
             first = masks[self.channels[0]]
             masks = {k: first for k in masks}
         return masks
@@ -180,11 +272,25 @@ class SlicePipeline:
         Cropped-away regions get ``fill_value``; in-plane resampling is undone linearly;
         reorientation and slicing exactly.
         """
+        return self.grid_to_input(self.slices_to_grid(maps, state, fill_value), state)
+
+    @staticmethod
+    def slices_to_grid(maps: np.ndarray, state: PipelineState, fill_value: float = 0.0) -> np.ndarray:
+        """Network-space maps ``(N, H, W)`` -> the 3D grid the slices were cut from (reoriented
+        and resampled, ``state.grid_affine``): crop/pad inverted (cropped-away regions get
+        ``fill_value``) and the slicing transposed back, both exact."""
         out = np.asarray(maps, dtype=np.float32)
         if state.crop is not None:
             out = state.crop.inverse(out, fill_value)
         if state.slice_order is not None:
             out = np.transpose(out, np.argsort(state.slice_order))
+        return out
+
+    @staticmethod
+    def grid_to_input(volume: np.ndarray, state: PipelineState) -> np.ndarray:
+        """A map on the slicing grid (``state.grid_affine``) -> the reference input's grid
+        ``(I, J, K)``: resampling undone linearly, reorientation exactly."""
+        out = np.asarray(volume, dtype=np.float32)
         if state.resampling is not None:
             out = state.resampling.inverse(out)
         if state.reorientation is not None:
