@@ -1,0 +1,95 @@
+"""spine_vertebrae on a real Chu et al. 2015 scan (shared/data/spine_chu): the shipped weights
+segment the vertebral bodies with a Dice an untrained model does not reach, outputs come back
+on the input's grid, and the CLI writes the same. The scan is cropped to the spine (62 sagittal
+slices, 300 x 300 voxels around the bodies) so one 16 x 400 x 400 window covers it."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import zoo
+from zoo import metrics
+
+pytestmark = pytest.mark.realdata
+
+CASE = "case02"
+CROP = (slice(8, 70), slice(40, 340), slice(40, 340))
+#: Dice the shipped ensemble must reach on the crop: it reaches 0.205, an untrained member 0.08
+#: (two seeds: 0.083, 0.078), because it labels all bright tissue; the CV figures are in the card.
+DICE_MIN = 0.15
+
+
+def _crop(img, region):
+    aff = img.affine.copy()
+    aff[:3, 3] = img.affine[:3, :3] @ [s.start for s in region] + img.affine[:3, 3]
+    out = nib.Nifti1Image(np.asarray(img.dataobj)[region], aff, img.header.copy())
+    out.header.set_qform(aff, code=int(img.header["qform_code"]))
+    out.header.set_sform(aff, code=int(img.header["sform_code"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def case(shared_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("spine")
+    src = shared_data / "spine_chu" / CASE
+    paths = {}
+    for name in ("image", "mask_th12_l5"):
+        paths[name] = d / f"{name}.nii.gz"
+        nib.save(_crop(nib.load(src / f"{name}.nii.gz"), CROP), paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def shipped(case):
+    model = zoo.load("spine_vertebrae")
+    return model, model.predict(str(case["image"]))
+
+
+def test_shipped_weights_segment_a_real_scan(case, shipped):
+    model, pred = shipped
+    ref = nib.load(case["image"])
+    label = np.asarray(nib.load(case["mask_th12_l5"]).dataobj) > 0
+    for name in ("vertebral_bodies", "vertebrae", "vertebral_bodies_probability"):
+        img = pred.images[name]
+        assert img.shape == ref.shape
+        np.testing.assert_array_equal(img.affine, ref.affine)
+    mask = np.asarray(pred.images["vertebral_bodies"].dataobj) > 0
+    dsc = metrics.dice(label, mask)
+    assert dsc >= DICE_MIN, f"Dice {dsc:.3f} below {DICE_MIN}"
+    per = np.asarray(pred.images["vertebrae"].dataobj)
+    np.testing.assert_array_equal(per > 0, mask)
+    names = [k for k in pred.volumes_ml if k != "vertebral_bodies"]
+    assert len(names) == pred.qc["n_bodies"] == int(per.max())
+    assert sum(pred.volumes_ml[k] for k in names) == pytest.approx(pred.volumes_ml["vertebral_bodies"], rel=1e-6)
+    voxel_ml = float(np.prod(ref.header.get_zooms()[:3])) / 1000
+    assert pred.volumes_ml["vertebral_bodies"] == pytest.approx(mask.sum() * voxel_ml, rel=1e-6)
+    if len(names) == 6:
+        assert names == ["Th12", "L1", "L2", "L3", "L4", "L5"]
+        assert all(5.59 <= pred.volumes_ml[k] < 80 for k in names)
+
+
+def test_untrained_model_fails_the_threshold(case):
+    model = zoo.load("spine_vertebrae", weights=None, options={"n_members": 1})
+    pred = model.predict(str(case["image"]))
+    label = np.asarray(nib.load(case["mask_th12_l5"]).dataobj) > 0
+    assert metrics.dice(label, np.asarray(pred.images["vertebral_bodies"].dataobj) > 0) < DICE_MIN
+
+
+def test_cli_predict_writes_the_same(case, shipped, tmp_path):
+    from zoo import cli
+
+    _, pred = shipped
+    out = tmp_path / "out"
+    assert cli.main(["predict", "spine_vertebrae", "--input", f"t2={case['image']}", "-o", str(out)]) == 0
+    files = sorted(p.name for p in out.rglob("*.nii.gz"))
+    assert any("vertebrae" in f for f in files) and any("vertebral_bodies" in f for f in files)
+    written = next(p for p in out.rglob("*vertebral_bodies.nii.gz"))
+    img = nib.load(written)
+    np.testing.assert_array_equal(img.affine, nib.load(case["image"]).affine)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), np.asarray(pred.images["vertebral_bodies"].dataobj))
+    summary = json.loads(next(out.rglob("*prediction.json")).read_text(encoding="utf-8"))
+    assert summary["volumes_ml"] == pytest.approx(pred.volumes_ml)

@@ -1,0 +1,188 @@
+"""Training task ``segmentation3d``: volumetric segmentation on random 3D patches
+(``spine_vertebrae``).
+
+    subjects -> the entry's VolumePipeline (reorient, resample, z-score, pad) -> network-grid
+       volumes + labels (nearest), kept in memory
+    -> make_dataset: endless tf.data stream of random (D, H, W) patches, centred on a random
+       foreground voxel with probability ``patch_foreground_fraction``, augmented on the CPU
+       (augment3d: affine, elastic, gamma; spec spine_vertebrae.md §8)
+    -> the entry's network (fully convolutional: patch weights load into the full window),
+       loss ``focal_tversky`` (spec §6) or ``dice``, optimizer/schedule from the recipe
+       (Ranger + flat-cos, spec §7)
+
+Recipe ``data`` keys: ``patch_size`` [D, H, W] (null: the card's window),
+``patch_foreground_fraction``, ``steps_per_epoch`` (also sets the flat-cos length with
+``epochs``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zoo import weights as weights_mod
+from zoo.card import ModelCard
+from zoo.io import read_volume
+from zoo.training.augment3d import augment3d
+from zoo.training.datasets import th12_l5_mask
+from zoo.training.losses import FocalTverskyLoss, SoftmaxDiceLoss
+from zoo.training.optim import make_optimizer
+from zoo.training.tasks import Prepared
+
+
+@dataclass
+class VolumeSet:
+    """Preprocessed training volumes on the network grid.
+
+    Attributes:
+        images: list of float32 ``(D, H, W)`` arrays (z-scored, padded to >= the window).
+        labels: list of uint8 ``(D, H, W)`` class maps (0 background, 1 foreground).
+        spacing: network-grid spacing in mm ``(D, H, W)`` axes.
+        ids: subject ids.
+    """
+
+    images: list
+    labels: list
+    spacing: tuple
+    ids: list
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _entry(card: ModelCard):
+    from zoo import registry
+
+    return importlib.import_module(registry.ENTRIES[card.id])
+
+
+def build_volumes(subjects: Sequence[Any], card: ModelCard, variant: str) -> VolumeSet:
+    """Read and preprocess ``subjects`` with the entry's own pipeline (``entry.pipeline``),
+    padded but never cropped (``large_inputs="sliding_window"``), so random patches can come
+    from the whole resampled volume; labels through :func:`th12_l5_mask` (the subject's
+    ``meta["label_rule"]``), nearest."""
+    pipe = _entry(card).pipeline(card, variant, large_inputs="sliding_window")
+    name = card.variant(variant)["inputs"][0]
+    images, labels, spacing = [], [], None
+    for s in subjects:
+        vol = read_volume(str(s.images[name]), name)
+        x, state = pipe.apply(vol)
+        lab = read_volume(str(s.label), "label")
+        mask, _ = th12_l5_mask(lab.array, lab.affine, s.meta.get("label_rule"))
+        images.append(x)
+        labels.append(pipe.apply_label(mask, state))
+        spacing = state.spacing
+    return VolumeSet(images, labels, tuple(spacing or (1.0, 1.0, 1.0)), [s.id for s in subjects])
+
+
+def prepare(card: ModelCard, variant: str, recipe: Mapping[str, Any], subjects: Sequence[Any],
+            val_subjects: Sequence[Any] = (), *, resample: bool = False) -> Prepared:
+    """Training (and validation) volumes through the entry's pipeline (:func:`build_volumes`)."""
+    train = build_volumes(subjects, card, variant)
+    val = build_volumes(val_subjects, card, variant) if val_subjects else None
+    return Prepared(train, val, {"n_train_volumes": len(train), "n_val_volumes": 0 if val is None else len(val),
+                                 "network_spacing_mm": list(train.spacing),
+                                 "patch_size": list(_patch_size(card, variant, recipe))})
+
+
+def _patch_size(card: ModelCard, variant: str, recipe: Mapping[str, Any]) -> tuple[int, int, int]:
+    patch = recipe["data"].get("patch_size")
+    window = card.variant(variant)["architecture"]["input_shape"][:3]
+    return tuple(int(v) for v in (patch or window))
+
+
+def total_steps(recipe: Mapping[str, Any]) -> int:
+    """Optimizer steps of one member (``epochs x data.steps_per_epoch``) for the schedule."""
+    return int(recipe["epochs"]) * int(recipe["data"]["steps_per_epoch"])
+
+
+def make_loss(spec: Mapping[str, Any]) -> keras.losses.Loss:
+    """The recipe's ``loss`` block: ``focal_tversky`` (alpha, beta, gamma, mode) or ``dice``
+    (SoftDiceLoss on softmax(logits), ``smooth``). Raises ValueError for another name."""
+    name = spec["name"]
+    if name == "focal_tversky":
+        return FocalTverskyLoss(alpha=float(spec.get("alpha", 0.5)), beta=float(spec.get("beta", 0.99)),
+                                gamma=float(spec.get("gamma", 2.0)), mode=spec.get("mode", "code"))
+    if name == "dice":
+        return SoftmaxDiceLoss(smooth=float(spec.get("smooth", 1.0)), reduction_mode=spec.get("reduction", "batch"))
+    raise ValueError(f"unknown segmentation3d loss {name!r}; use focal_tversky or dice")
+
+
+def build(card: ModelCard, variant: str, recipe: Mapping[str, Any], member: int, seed: int, *,
+          init_weights: Any = None, freeze: Sequence[str] = ()) -> tuple[keras.Model, keras.Model]:
+    """The entry's network built for the recipe's patch size, compiled with the recipe's loss,
+    optimizer and schedule (flat-cos length = :func:`total_steps`). ``net`` is also ``model``."""
+    from zoo.training.trainer import freeze_layers
+
+    net = _entry(card).build_member(card, variant, member, _patch_size(card, variant, recipe))
+    if init_weights is not None:
+        weights_mod.load_weights(net, init_weights)
+    freeze_layers(net, freeze)
+    schedule = recipe.get("schedule")
+    if isinstance(schedule, Mapping) and schedule.get("name") == "flat_cos":
+        schedule = {**schedule, "total_steps": schedule.get("total_steps") or total_steps(recipe)}
+    net.compile(optimizer=make_optimizer(recipe["optimizer"], schedule), loss=make_loss(recipe["loss"]))
+    return net, net
+
+
+def datasets(prepared: Prepared, recipe: Mapping[str, Any], seed: int):
+    """Endless augmented patch stream, ``data.steps_per_epoch``, and a validation stream of one
+    foreground-centred, unaugmented patch per validation volume."""
+    patch = tuple(int(v) for v in prepared.info["patch_size"])
+    batch = int(recipe["batch_size"])
+    frac = float(recipe["data"].get("patch_foreground_fraction", 0.67))
+    train = make_dataset(prepared.train, patch, batch, seed, foreground_fraction=frac,
+                         augmentation=recipe["augmentation"])
+    steps = int(recipe["data"]["steps_per_epoch"])
+    if prepared.val is None or not len(prepared.val):
+        return train, steps, None, None
+    val = make_dataset(prepared.val, patch, 1, seed, foreground_fraction=1.0, augmentation=None,
+                       shuffle=False, centred=True)
+    return train, steps, val, len(prepared.val)
+
+
+def cut_patch(image: np.ndarray, label: np.ndarray, patch: Sequence[int], centre: Sequence[int]):
+    """The ``patch`` of ``image``/``label`` centred on ``centre`` (clipped to stay inside; the
+    volumes are at least ``patch`` along each axis). Returns ``(image_patch, label_patch)``."""
+    lo = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, image.shape)]
+    region = tuple(slice(a, a + p) for a, p in zip(lo, patch))
+    return image[region], label[region]
+
+
+def make_dataset(vols: VolumeSet, patch: Sequence[int], batch_size: int, seed: int, *,
+                 foreground_fraction: float, augmentation: Mapping[str, Any] | None,
+                 shuffle: bool = True, centred: bool = False) -> tf.data.Dataset:
+    """An endless ``tf.data`` stream of ``(image (D, H, W, 1), label (D, H, W, 1))`` batches
+    of random patches (seeded); ``centred`` cuts each volume's patch at its foreground centroid."""
+    for img in vols.images:
+        if any(n < p for n, p in zip(img.shape, patch)):
+            raise ValueError(f"volume {img.shape} is smaller than the patch {tuple(patch)}")
+    fg = [np.argwhere(lab > 0) for lab in vols.labels]
+
+    def gen():
+        rng = np.random.default_rng(seed)
+        while True:
+            order = rng.permutation(len(vols)) if shuffle else np.arange(len(vols))
+            for i in order:
+                img, lab = vols.images[i], vols.labels[i]
+                if centred:
+                    centre = fg[i].mean(axis=0).round().astype(int) if len(fg[i]) else np.array(img.shape) // 2
+                elif len(fg[i]) and rng.random() < foreground_fraction:
+                    centre = fg[i][rng.integers(len(fg[i]))]
+                else:
+                    centre = [rng.integers(n) for n in img.shape]
+                x, y = cut_patch(img, lab, patch, centre)
+                if augmentation:
+                    x, y = augment3d(x, y, rng, vols.spacing, augmentation)
+                yield x[..., None].astype(np.float32), y[..., None].astype(np.float32)
+
+    sig = (tf.TensorSpec((*patch, 1), tf.float32), tf.TensorSpec((*patch, 1), tf.float32))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).batch(batch_size).prefetch(2)

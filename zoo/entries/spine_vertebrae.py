@@ -1,0 +1,185 @@
+"""``spine_vertebrae``: vertebral bodies Th12-L5 in sagittal T2w MRI with a residual 3D U-Net
+(Kaliyugarasan et al., ISBI 2023; spec ``specs/spine_vertebrae.md``).
+
+How the shared pieces plug together; every number comes from the card
+(``cards/spine_vertebrae.yaml``):
+
+    T2w volume (I, J, K)
+    -> VolumePipeline (card steps): reorient RAS+, resample 4.4 x 0.78 x 0.78 mm, z-score over
+       all voxels, centred crop/pad to 16 x 400 x 400 (large_inputs crop, the spec default; with
+       sliding_window larger volumes are only padded)                  -> (X, Y, Z) network grid
+    -> sliding window of 16 x 400 x 400 (one window when the volume fits) over the fused members:
+       mean of the members' logits, softmax (D4 logit_mean) or the majority vote of their masks
+    -> foreground probability mapped back to the input grid (linear), > threshold
+    -> 3D connected components (6-connectivity); components < 5.59 mL removed (D3); the
+       remaining bodies named Th12..L5 from superior to inferior
+    -> Prediction: "vertebral_bodies" (uint8 0/1), "vertebrae" (uint8 1..6 = Th12..L5),
+       "vertebral_bodies_probability" (float32), volumes_ml per vertebra, on the input's grid
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+
+from zoo import postprocessing
+from zoo.architectures.resunet3d import build_resunet3d
+from zoo.card import ModelCard
+from zoo.inference.sliding_window import sliding_window
+from zoo.io import Volume
+from zoo.prediction import Prediction
+from zoo.preprocessing.volume_pipeline import VolumePipeline
+
+ID = "spine_vertebrae"
+
+#: Vertebra names from superior to inferior (spec §1).
+VERTEBRAE = ("Th12", "L1", "L2", "L3", "L4", "L5")
+
+#: Per-case metric columns of ``zoo evaluate`` (specs/metrics.md names; n_bodies = count of
+#: predicted components after post-processing).
+EVAL_COLUMNS = ("dsc", "hd95_mm", "n_bodies")
+
+
+def build_member(card: ModelCard, variant: str, member: int, patch_size=None) -> keras.Model:
+    """One untrained member of ``variant`` named ``member{member}``; ``patch_size``
+    ``(D, H, W)`` builds it for training patches (same weights as the card's window)."""
+    arch = card.variant(variant)["architecture"]
+    shape = tuple(arch["input_shape"])
+    if patch_size:
+        shape = (*(int(s) for s in patch_size), shape[-1])
+    return build_resunet3d(shape, out_channels=int(arch["out_channels"]), channels=tuple(arch["channels"]),
+                           strides=tuple(arch["strides"]), num_res_units=int(arch["num_res_units"]),
+                           name=f"member{member}")
+
+
+def build_members(card: ModelCard, variant: str) -> list[keras.Model]:
+    """The ensemble members of ``variant`` (untrained), ``inference.n_members`` of them."""
+    return [build_member(card, variant, i) for i in range(int(card["inference"]["n_members"]))]
+
+
+def pipeline(card: ModelCard, variant: str | None = None, large_inputs: str | None = None) -> VolumePipeline:
+    """The card's invertible 3D preprocessing (:class:`VolumePipeline`); ``large_inputs``
+    overrides the card's ``crop_pad.large_inputs`` (training keeps whole volumes with
+    ``"sliding_window"``, i.e. pad only)."""
+    return VolumePipeline(card["preprocessing"]["steps"], large_inputs=large_inputs)
+
+
+def _softmax_fg(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e[..., 1] / e.sum(axis=-1)).astype(np.float32)
+
+
+def network_probability(model, x: np.ndarray) -> np.ndarray:
+    """Foreground probability ``(X, Y, Z)`` of the network array ``x`` (``(X, Y, Z)`` z-scored,
+    at least the window along each axis) with the card's ensemble rule and sliding window.
+
+    ``logit_mean`` (D4 default): softmax of the mean of the members' logits (the fused model).
+    ``majority_vote``: the fraction of members whose argmax is the foreground.
+    """
+    inf = model.card["inference"]
+    window = tuple(int(w) for w in inf["window"])
+    kwargs = dict(window=window, overlap=float(inf.get("overlap", 0.25)), blend=inf.get("blend", "constant"),
+                  batch_size=int(inf.get("batch_size", 1)))
+    vol = x[..., None].astype(np.float32)
+    if inf["ensemble"] == "majority_vote":
+        votes = [np.argmax(sliding_window(lambda b, m=m: np.asarray(m(b, training=False)), vol, **kwargs), -1)
+                 for m in model.models]
+        return np.mean(votes, axis=0).astype(np.float32)
+    logits = sliding_window(lambda b: np.asarray(model.fused(b, training=False)), vol, **kwargs)
+    return _softmax_fg(logits)
+
+
+def name_vertebrae(labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, list[str], list[int]]:
+    """Number the components of ``labels`` (1..n) as vertebrae from superior to inferior.
+
+    Returns ``(vertebrae, names, order)``: ``vertebrae`` uint8 with 1..6 = Th12..L5 when there
+    are exactly six components; otherwise the components are numbered 1..n from superior to
+    inferior and named ``body1``.. (flagged by the caller). ``order`` lists the source label of
+    each output number.
+    """
+    order = postprocessing.order_by_world_axis(labels, affine, axis=2, descending=True)
+    names = list(VERTEBRAE) if len(order) == len(VERTEBRAE) else [f"body{i + 1}" for i in range(len(order))]
+    lookup = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.uint8)
+    for new, old in enumerate(order, start=1):
+        lookup[old] = new
+    return lookup[labels], names, order
+
+
+def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Prediction:
+    """Segment the vertebral bodies Th12-L5 of one sagittal T2w volume (module docstring).
+
+    Args:
+        model: the :class:`~zoo.model.ZooModel` of this entry.
+        volumes: ``{"t2": Volume}`` in ``(i, j, k)`` order, any orientation and spacing.
+        resample: accepted for the common CLI/API signature; with one input there is no other
+            grid to resample onto, so it has no effect.
+    Returns:
+        Prediction on the input's grid with images ``vertebral_bodies`` (uint8 0/1),
+        ``vertebrae`` (uint8, 1..6 = Th12..L5 superior to inferior) and
+        ``vertebral_bodies_probability`` (float32); ``volumes_ml`` with ``vertebral_bodies``
+        (total) and one entry per body (``Th12`` .. ``L5``) in mL; QC: component count, the
+        merged-body flag (a body larger than 2x the mean, spec §10), removed components.
+    Raises:
+        ConstantImageError: a constant image (cannot be z-scored).
+    """
+    card, variant = model.card, model.variant
+    ref = volumes[card.variant(variant)["inputs"][0]]
+    timing = {}
+    t0 = time.perf_counter()
+    pipe = pipeline(card)
+    x, state = pipe.apply(ref)
+    timing["preprocess"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    prob = network_probability(model, x)
+    timing["network"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    prob_native = pipe.invert(prob, state, order=1, fill_value=0.0).astype(np.float32)
+    raw = postprocessing.binarise(prob_native, float(card["inference"]["threshold"]))
+    post = card["postprocessing"]
+    mask, labels, vols = postprocessing.remove_small_components(
+        raw, ref.spacing, min_ml=post.get("min_component_ml"), min_voxels=post.get("min_component_vox"),
+        connectivity=int(post.get("connectivity", 6)))
+    vertebrae, names, order = name_vertebrae(labels, ref.affine)
+    volumes_ml = {"vertebral_bodies": postprocessing.volume_ml(mask, ref.spacing)}
+    volumes_ml.update({name: vols[old - 1] for name, old in zip(names, order)})
+    n_raw = int(postprocessing.remove_small_components(raw, ref.spacing, connectivity=int(
+        post.get("connectivity", 6)))[1].max())
+    flags = []
+    if len(order) != len(VERTEBRAE):
+        flags.append(f"visual_qc: {len(order)} vertebral bodies found, expected {len(VERTEBRAE)}; "
+                     "bodies are named body1.. from superior to inferior")
+    mean_ml = float(np.mean(vols)) if vols else 0.0
+    merged = [n for n, old in zip(names, order) if vols[old - 1] > 2.0 * mean_ml and len(vols) > 1]
+    if merged:
+        flags.append(f"merged_bodies: {merged} larger than 2x the mean body volume")
+    timing["postprocess"] = time.perf_counter() - t0
+    return Prediction(
+        images={"vertebral_bodies": ref.to_image(mask, np.uint8),
+                "vertebrae": ref.to_image(vertebrae, np.uint8),
+                "vertebral_bodies_probability": ref.to_image(prob_native, np.float32)},
+        volumes_ml=volumes_ml, entry=card.id, variant=variant, card_version=card.version,
+        qc={"n_bodies": len(order), "n_components_raw": n_raw,
+            "network_shape": [int(s) for s in x.shape], "network_spacing_mm": list(state.spacing),
+            "flags": flags},
+        timing_s=timing,
+    )
+
+
+def score(subject, pred: Prediction, model) -> dict:
+    """DSC and HD95 (mm) of the post-processed mask against the subject's T12-L5 reference on
+    the input's own grid (``metrics.md`` §1, §4.1); ``n_bodies`` = predicted bodies. Labels with
+    Th11 (``meta["label_rule"]``) are converted with :func:`zoo.training.datasets.th12_l5_mask`."""
+    from zoo import metrics
+    from zoo.io import read_volume
+    from zoo.training.datasets import th12_l5_mask
+
+    ref = read_volume(str(subject.label), "label")
+    g, info = th12_l5_mask(ref.array, ref.affine, subject.meta.get("label_rule"))
+    p = np.asarray(pred.images["vertebral_bodies"].dataobj) > 0
+    return {"dsc": metrics.dice(g > 0, p), "hd95_mm": metrics.hd95_mm(g > 0, p, ref.affine),
+            "n_bodies": float(pred.qc["n_bodies"]), "flags": list(info["flags"]) + list(pred.qc["flags"])}
