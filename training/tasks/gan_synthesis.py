@@ -1,0 +1,358 @@
+"""Training task ``gan_synthesis``: DiamondGAN (spec ``specs/diamondgan.md`` §6-§7).
+
+    subjects -> the entry's own prediction pipeline over (FLAIR, T1, T2) -> SynthesisSet:
+       source stacks S (N, H, W, 3) in [-1, 1] and the target slice; slices whose target has no
+       brain are skipped (§3)
+    -> make_dataset: endless tf.data stream, slice indices drawn with replacement (§7), aligned
+       pairs (D9), optional square patches (CPU budget)
+    -> DiamondGANTrainer.train_step: for every allowed input subset (D10 ``all``; or one random
+       subset, ``random_one``): -1 for absent sources, the subset's condition, fakes through the
+       25-image pools, two optimiser steps for each of D_S and D_T, one joint step for G1+G2.
+
+``build`` returns ``(G1, trainer)``: G1 is what the engine saves as ``member0.npz``; the trainer
+holds G1, G2, D_S, D_T, the pools and the three Adam optimisers (their variables are attributes,
+so BackupAndRestore checkpoints all of them and a re-run resumes).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zoo import errors, weights as weights_mod
+from zoo.card import ModelCard
+from zoo.io import read_volume
+from zoo.training.optim import make_optimizer
+from zoo.training.tasks import Prepared
+
+log = __import__("logging").getLogger(__name__)
+
+
+# --- data -----------------------------------------------------------------------------------------
+@dataclass
+class SynthesisSet:
+    """Preprocessed training slices.
+
+    Attributes:
+        sources: float32 (N, H, W, C) source stacks in the card's channel order, [-1, 1]; a
+            channel a subject lacks is -1.
+        targets: float32 (N, H, W) target slices in [-1, 1].
+        available: int8 (N, C) 1 where the subject of the slice has that source.
+        subject_ids: (N,) subject of each slice.
+    """
+
+    sources: np.ndarray
+    targets: np.ndarray
+    available: np.ndarray
+    subject_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+
+def _entry(card: ModelCard):
+    from zoo import registry
+
+    return importlib.import_module(registry.ENTRIES[card.id])
+
+
+def build_synthesis_slices(subjects: Sequence[Any], card: ModelCard, variant: str, *,
+                           resample: bool = False) -> SynthesisSet:
+    """Every subject through the entry's pipeline with the target and its available sources as
+    channels (one pass, so they share the brain mask and slicing); axial slices whose target is
+    all background (-1) are dropped. Raises MissingModalityError when a subject lacks the target
+    or every source."""
+    from zoo.preprocessing.grid import align_inputs
+
+    entry = _entry(card)
+    target = entry.target_of(card, variant)
+    channels = entry.source_channels(card, variant)
+    usable = card.variant(variant)["inputs"]
+    src, tgt, avail, ids = [], [], [], []
+    for s in subjects:
+        have = [c for c in channels if c in s.images and c in usable]
+        if target not in s.images or not have:
+            raise errors.MissingModalityError(
+                f"subject {s.id}: needs the target {target!r} and at least one of {usable}; has {sorted(s.images)}")
+        names = [target, *[c for c in have if c != target]]
+        vols = align_inputs({n: read_volume(str(s.images[n]), n) for n in names}, names[0], resample=resample)
+        x, _ = entry.pipeline(card, names).apply(vols)
+        keep = (x[..., 0] > -1.0).any(axis=(1, 2))
+        stack = np.full((int(keep.sum()), *x.shape[1:3], len(channels)), -1.0, dtype=np.float32)
+        for j, n in enumerate(names[1:], start=1):
+            stack[..., channels.index(n)] = x[keep, ..., j]
+        src.append(stack)
+        tgt.append(x[keep, ..., 0])
+        avail.append(np.tile([[int(c in have) for c in channels]], (int(keep.sum()), 1)).astype(np.int8))
+        ids.append(np.full(int(keep.sum()), s.id))
+    return SynthesisSet(np.concatenate(src), np.concatenate(tgt), np.concatenate(avail), np.concatenate(ids))
+
+
+def prepare(card: ModelCard, variant: str, recipe: Mapping[str, Any], subjects: Sequence[Any],
+            val_subjects: Sequence[Any] = (), *, resample: bool = False) -> Prepared:
+    """Training (and validation) slices, see :func:`build_synthesis_slices`."""
+    train = build_synthesis_slices(subjects, card, variant, resample=resample)
+    val = build_synthesis_slices(val_subjects, card, variant, resample=resample) if val_subjects else None
+    return Prepared(train, val, {"n_train_slices": len(train), "n_val_slices": 0 if val is None else len(val)})
+
+
+def make_dataset(data: SynthesisSet, batch_size: int, seed: int, *, patch_size: int | None = None,
+                 column_step: int = 1) -> tf.data.Dataset:
+    """Endless stream of ``((S, T3, available), dummy)`` batches of ``batch_size`` aligned pairs;
+    slice indices drawn with replacement (spec §7). ``T3`` is the target replicated to 3
+    channels (§2). With ``patch_size`` each pair is cut to a random square centred near a
+    random brain pixel; the column offset is a multiple of ``column_step`` (the period of the
+    ``code_patterns`` condition image, so the patch sees the same stripe phase as whole slices).
+    """
+    n = len(data)
+    h, w = data.targets.shape[1:3]
+    c = data.sources.shape[-1]
+    p = int(patch_size) if patch_size else None
+
+    def gen():
+        rng = np.random.default_rng(seed)
+        while True:
+            i = int(rng.integers(n))
+            s, t = data.sources[i], data.targets[i]
+            if p:
+                fg = np.argwhere(t > -1.0)
+                r, q = fg[rng.integers(len(fg))] if len(fg) else (rng.integers(h), rng.integers(w))
+                r0 = int(np.clip(r - p // 2, 0, h - p))
+                q0 = int(np.clip(q - p // 2, 0, w - p))
+                q0 = min((q0 // column_step) * column_step, ((w - p) // column_step) * column_step)
+                s, t = s[r0:r0 + p, q0:q0 + p], t[r0:r0 + p, q0:q0 + p]
+            t3 = np.repeat(t[..., None], c, axis=-1)
+            yield (s, t3, data.available[i].astype(np.float32)), np.float32(0.0)
+
+    hh, ww = (p, p) if p else (h, w)
+    sig = ((tf.TensorSpec((hh, ww, c), tf.float32), tf.TensorSpec((hh, ww, c), tf.float32),
+            tf.TensorSpec((c,), tf.float32)), tf.TensorSpec((), tf.float32))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).batch(batch_size, drop_remainder=True).prefetch(2)
+
+
+def datasets(prepared: Prepared, recipe: Mapping[str, Any], seed: int):
+    """Training stream and the default epoch length (training slices / batch, spec §7); no
+    validation stream (the held-out evaluation is ``training/synthesis_eval.py``)."""
+    from zoo.architectures.diamondgan import STRIPE_PX
+
+    batch = int(recipe["batch_size"])
+    data = recipe["data"]
+    step = STRIPE_PX * prepared.train.sources.shape[-1]
+    ds = make_dataset(prepared.train, batch, seed, patch_size=data.get("patch_size"), column_step=step)
+    return ds, max(1, math.ceil(len(prepared.train) / batch)), None, None
+
+
+# --- the image pool -------------------------------------------------------------------------------
+class ImagePool(keras.layers.Layer):
+    """History buffer of generated images (Shrivastava et al., CVPR 2017; spec §7), per image.
+
+    While fewer than ``size`` images are stored, each new image is stored and returned. Once
+    full, with probability 0.5 a random stored image is returned and replaced by the new one;
+    otherwise the new image is returned. State lives in non-trainable variables (saved with
+    the trainer, so a resumed run keeps its pool).
+
+    Args:
+        size: pool size (25 in the spec).
+        shape: ``(H, W, C)`` of one image.
+        seed: seeds the random choices.
+    """
+
+    def __init__(self, size: int, shape: Sequence[int], seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+        self.image_shape = tuple(int(v) for v in shape)
+        self.images = self.add_weight(shape=(self.size, *self.image_shape), initializer="zeros",
+                                      trainable=False, name="images", aggregation="only_first_replica")
+        self.count = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False,
+                                     name="count", aggregation="only_first_replica")
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
+
+    def query(self, batch):
+        """``(B, H, W, C)`` new images -> ``(B, H, W, C)`` images for the discriminator."""
+        if self.size <= 0:
+            return batch
+        out = []
+        for i in range(int(batch.shape[0])):
+            img = tf.cast(batch[i], self.images.dtype)
+            n = tf.convert_to_tensor(self.count.value)
+            filling = n < self.size
+            swap = tf.logical_and(tf.logical_not(filling),
+                                  keras.random.uniform((), seed=self.seed_generator) < 0.5)
+            idx = tf.cast(keras.random.randint((), 0, self.size, seed=self.seed_generator), tf.int32)
+            pool = tf.convert_to_tensor(self.images.value)
+            old = pool[idx]
+            out.append(tf.where(swap, old, img))
+            where = tf.where(filling, n, idx)
+            write = tf.logical_or(filling, swap)
+            new_pool = tf.tensor_scatter_nd_update(pool, [[where]], [tf.where(write, img, pool[where])])
+            self.images.assign(new_pool)
+            self.count.assign(tf.minimum(n + 1, self.size))
+        return tf.stack(out)
+
+
+# --- losses ------------------------------------------------------------------------------------
+def lsgan(pred, label: float):
+    """Least-squares adversarial term ``mean((D(x) - label)^2)`` over pixels, channels, batch."""
+    return tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - label))
+
+
+def generator_loss(s, t3, cyc_s, cyc_t, d_s_fake, d_t_fake, *, lambda_cycle: float, real_label: float):
+    """Spec §6 released-code form: ``λ·mean|S − G2(G1(S))| + λ·mean|T3 − G1(G2(T3))|
+    + mean((D_S(G2(T3)) − r)²) + mean((D_T(G1(S)) − r)²)``. Returns ``(total, cycle, adversarial)``."""
+    cyc = (tf.reduce_mean(tf.abs(tf.cast(s, tf.float32) - tf.cast(cyc_s, tf.float32)))
+           + tf.reduce_mean(tf.abs(tf.cast(t3, tf.float32) - tf.cast(cyc_t, tf.float32))))
+    adv = lsgan(d_s_fake, real_label) + lsgan(d_t_fake, real_label)
+    return lambda_cycle * cyc + adv, cyc, adv
+
+
+# --- the trainer -------------------------------------------------------------------------------
+class DiamondGANTrainer(keras.Model):
+    """G1, G2, D_S, D_T with their pools and optimisers; ``train_step`` is spec §7.
+
+    Args:
+        g1, g2: generators (sources -> target, target -> sources), same architecture.
+        d_s, d_t: discriminators on source stacks and on targets.
+        codes: the input subsets trained (presence codes over the source channels).
+        conditions: ``(len(codes), H, W, k)`` condition images, in the order of ``codes``.
+        optimizers: ``(g, d_s, d_t)`` Keras optimisers (separate states, §7).
+        lambda_cycle: cycle weight (D2: 10 paper, 8 code).
+        real_label: real label r (D6: 0.95 code, 1.0 paper).
+        pool_size: history pool size (25).
+        subset_schedule: ``all`` (every subset per batch, D10) or ``random_one``.
+        seed: seeds pools and the subset draw.
+    """
+
+    def __init__(self, g1, g2, d_s, d_t, codes, conditions, optimizers, *, lambda_cycle: float = 10.0,
+                 real_label: float = 0.95, pool_size: int = 25, subset_schedule: str = "all", seed: int = 0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if subset_schedule not in ("all", "random_one"):
+            raise errors.RecipeError(f"subset_schedule must be 'all' or 'random_one', got {subset_schedule!r}")
+        self.g1, self.g2, self.d_s, self.d_t = g1, g2, d_s, d_t
+        self.codes = [tuple(int(v) for v in c) for c in codes]
+        self.conditions = np.asarray(conditions, np.float32)
+        self.g_optimizer, self.ds_optimizer, self.dt_optimizer = optimizers
+        self.lambda_cycle = float(lambda_cycle)
+        self.real_label = float(real_label)
+        self.subset_schedule = subset_schedule
+        shape = tuple(g1.input["sources"].shape[1:])
+        self.pool_s = ImagePool(pool_size, shape, seed, name="pool_s")
+        self.pool_t = ImagePool(pool_size, shape, seed + 1, name="pool_t")
+        self.subset_seed = keras.random.SeedGenerator(seed + 2)
+        self.trackers = {k: keras.metrics.Mean(name=k) for k in ("loss", "cycle", "adversarial", "d_s_loss", "d_t_loss")}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, inputs, training=False):
+        s, t3, _ = inputs
+        cond = tf.broadcast_to(self.conditions[0], (tf.shape(s)[0], *self.conditions.shape[1:]))
+        fake_t = self.g1({"sources": s, "condition": cond}, training=training)
+        fake_s = self.g2({"sources": t3, "condition": cond}, training=training)
+        return fake_t, self.d_s(fake_s, training=training), self.d_t(fake_t, training=training)
+
+    def build_all(self, batch: int = 1) -> None:
+        """Create every variable (networks, pools, optimiser slots) before BackupAndRestore
+        restores them."""
+        shape = self.pool_s.image_shape
+        z = np.zeros((batch, *shape), np.float32)
+        self((z, z, np.ones((batch, shape[-1]), np.float32)))
+        self.g_optimizer.build(self.g1.trainable_variables + self.g2.trainable_variables)
+        self.ds_optimizer.build(self.d_s.trainable_variables)
+        self.dt_optimizer.build(self.d_t.trainable_variables)
+
+    def _d_step(self, d, opt, images, label: float):
+        scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            loss = 0.5 * lsgan(d(images, training=True), label)
+            scaled = opt.scale_loss(loss * scale)
+        grads = tape.gradient(scaled, d.trainable_variables)
+        opt.apply_gradients(zip(grads, d.trainable_variables))
+        return loss
+
+    def _subset_step(self, s_full, t3, avail, k: int):
+        code = tf.constant(self.codes[k], tf.float32)
+        present = code[None, None, None, :] * avail[:, None, None, :]
+        s = tf.where(present > 0, s_full, -tf.ones_like(s_full))
+        cond = tf.broadcast_to(tf.constant(self.conditions[k]), (tf.shape(s)[0], *self.conditions.shape[1:]))
+        fake_t = self.g1({"sources": s, "condition": cond}, training=True)
+        fake_s = self.g2({"sources": t3, "condition": cond}, training=True)
+        pooled_s = self.pool_s.query(tf.stop_gradient(fake_s))
+        pooled_t = self.pool_t.query(tf.stop_gradient(fake_t))
+        r = self.real_label
+        ds_loss = self._d_step(self.d_s, self.ds_optimizer, s, r) + self._d_step(self.d_s, self.ds_optimizer, pooled_s, 0.0)
+        dt_loss = self._d_step(self.d_t, self.dt_optimizer, t3, r) + self._d_step(self.d_t, self.dt_optimizer, pooled_t, 0.0)
+        g_vars = self.g1.trainable_variables + self.g2.trainable_variables
+        scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            fake_t = self.g1({"sources": s, "condition": cond}, training=True)
+            fake_s = self.g2({"sources": t3, "condition": cond}, training=True)
+            cyc_s = self.g2({"sources": fake_t, "condition": cond}, training=True)
+            cyc_t = self.g1({"sources": fake_s, "condition": cond}, training=True)
+            total, cyc, adv = generator_loss(s, t3, cyc_s, cyc_t, self.d_s(fake_s, training=False),
+                                             self.d_t(fake_t, training=False),
+                                             lambda_cycle=self.lambda_cycle, real_label=r)
+            scaled = self.g_optimizer.scale_loss(total * scale)
+        grads = tape.gradient(scaled, g_vars)
+        self.g_optimizer.apply_gradients(zip(grads, g_vars))
+        return total, cyc, adv, ds_loss, dt_loss
+
+    def train_step(self, data):
+        """Spec §7 iteration on one batch; logs ``loss`` (generator), ``cycle``,
+        ``adversarial``, ``d_s_loss``, ``d_t_loss`` (means over the epoch)."""
+        (s_full, t3, avail), _ = data
+        if self.subset_schedule == "all":
+            results = [self._subset_step(s_full, t3, avail, k) for k in range(len(self.codes))]
+        else:
+            pick = tf.cast(keras.random.randint((), 0, len(self.codes), seed=self.subset_seed), tf.int32)
+            results = [tf.switch_case(pick, [lambda k=k: self._subset_step(s_full, t3, avail, k)
+                                             for k in range(len(self.codes))])]
+        for name, values in zip(("loss", "cycle", "adversarial", "d_s_loss", "d_t_loss"), zip(*results)):
+            self.trackers[name].update_state(tf.add_n(list(values)) / len(values))
+        return {k: m.result() for k, m in self.trackers.items()}
+
+
+def build(card: ModelCard, variant: str, recipe: Mapping[str, Any], member: int, seed: int, *,
+          init_weights: Any = None, freeze: Sequence[str] = ()) -> tuple[keras.Model, keras.Model]:
+    """G1 (saved as the member's weights) and the compiled :class:`DiamondGANTrainer`."""
+    from zoo.architectures.diamondgan import condition_maps
+    from zoo.training.trainer import freeze_layers
+
+    entry = _entry(card)
+    gan = recipe["gan"]
+    patch = recipe["data"].get("patch_size")
+    g1 = entry.build_member(card, variant, member, patch)
+    g2 = entry.build_member(card, variant, member, patch, name="g2")
+    if init_weights is not None:
+        weights_mod.load_weights(g1, init_weights)
+    freeze_layers(g1, freeze)
+    d_s, d_t = entry.build_discriminators(card, variant, patch)
+    codes = entry.allowed_codes(card, variant)
+    hw = tuple(g1.input["sources"].shape[1:3])
+    enc = card.variant(variant)["architecture"]["condition_encoding"]
+    conditions = np.stack([condition_maps(c, hw, enc) for c in codes])
+    opts = tuple(_optimizer(recipe) for _ in range(3))
+    model = DiamondGANTrainer(g1, g2, d_s, d_t, codes, conditions, opts,
+                              lambda_cycle=float(gan["lambda_cycle"]), real_label=float(gan["real_label"]),
+                              pool_size=int(gan["pool_size"]), subset_schedule=gan["subset_schedule"], seed=seed)
+    model.build_all()
+    model.compile(optimizer=model.g_optimizer, run_eagerly=bool(gan.get("run_eagerly", False)))
+    return g1, model
+
+
+def _optimizer(recipe: Mapping[str, Any]) -> keras.optimizers.Optimizer:
+    opt = make_optimizer(recipe["optimizer"], recipe.get("schedule"))
+    if keras.config.dtype_policy().name == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
