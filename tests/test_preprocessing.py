@@ -624,3 +624,21 @@ def test_3d_resampling_shape_affine_and_round_trip():
     assert np.abs(back - field)[2:-2, 2:-2, 2:-2].max() < 0.05
     keep = Resampling((20, 30, 16), (1.0, 0.5, 2.0), (None, 1.0, None))
     assert keep.out_shape == (20, 15, 16)
+
+
+def test_otsu_mask_keeps_the_head_minus_its_rim():
+    """``mask_method=otsu`` (scans that are not skull-stripped): the Otsu foreground's largest
+    component, eroded in-plane; a constant volume gives an empty mask."""
+    from zoo.preprocessing.brainmask import otsu_mask
+
+    rng = np.random.default_rng(0)
+    i, j, k = np.meshgrid(*[np.arange(48)] * 3, indexing="ij")
+    head = (i - 24) ** 2 + (j - 24) ** 2 + (k - 24) ** 2 <= 18 ** 2
+    vol = np.where(head, 100.0, 0.0) + rng.uniform(0, 5, head.shape)
+    vol[2:5, 2:5, 2:5] = 100.0  # a small bright speck outside: not the largest component
+    mask = otsu_mask(vol, erode_voxels=3)
+    assert mask[24, 24, 24] and not mask[3, 3, 3]
+    assert (mask & ~head).sum() == 0
+    assert not mask[24, 24 + 17, 24]  # within 3 voxels of the in-plane edge: eroded
+    assert 0.5 < mask.sum() / head.sum() < 0.9
+    assert not otsu_mask(np.full((8, 8, 8), 7.0)).any()

@@ -7,7 +7,7 @@ step                parameters                                                  
 =================== =========================================================== ==========
 ``reorient``        ``codes`` e.g. ``[L, A, S]`` (permutation/flips only)        exact
 ``resample_inplane`` ``spacing_mm`` ``[si, sj]`` or null (native spacing)        linear
-``brain_mask``      ``method`` threshold|nonzero, ``thresholds`` per input,      none needed
+``brain_mask``      ``method`` threshold|nonzero|otsu, ``thresholds`` per input,      none needed
                     ``largest_cc``, ``fill_holes``, ``shared`` (one mask for all)
 ``zscore``          statistics inside the brain mask, per input                  none needed
 ``slices``          ``axis``: voxel axis that indexes the 2D slices              exact
@@ -234,6 +234,8 @@ class SlicePipeline:
         method = step.get("method", "threshold")
         if method == "nonzero":
             masks = {k: brainmask.nonzero_mask(v) for k, v in data.items()}
+        elif method == "otsu":
+            masks = {k: brainmask.otsu_mask(v, int(step.get("erode_voxels", 6))) for k, v in data.items()}
         elif method == "threshold":
             thresholds = step["thresholds"]
             masks = {k: brainmask.threshold_mask(v, float(thresholds[k]),
