@@ -96,10 +96,13 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
                 val_ids: Sequence[str] = (), options: Mapping[str, Any] | None = None,
                 resample: bool = False, init_from: str | Path | None = None,
                 recipe_set: Mapping[str, Any] | None = None, command: str | None = None,
-                verbose: Any = "auto") -> dict[str, Any]:
+                phases: bool = True, verbose: Any = "auto") -> dict[str, Any]:
     """Train (or, with ``init_from``, fine-tune) entry ``name`` on ``data``.
 
     ``recipe_set`` overrides recipe values by dotted key (``{"data.patch_size": 104}``).
+    A recipe with ``phases`` (progressive resizing) runs them all in order
+    (:func:`zoo.training.phases.train_phases`; ``epochs`` then overrides every phase's); with
+    ``phases=False`` it is one run with the card's own options and the recipe's ``epochs``.
     Returns the run record (see :func:`zoo.training.trainer.train`) with ``out_dir`` added.
     Raises RecipeError, CardError, InputError subclasses, WeightsError.
     """
@@ -132,8 +135,18 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
     if init and hasattr(entry, "select_start_weights"):  # e.g. multi-view: the run's view only
         init = entry.select_start_weights(card, init)
     out = Path(out_dir) if out_dir else Path("runs") / f"{name}-{rec['variant']}"
-    record = train(card, rec, train_subjects, out, val_subjects=val, members=members, epochs=epochs,
-                   steps_per_epoch=steps_per_epoch, strategy=strategy, mixed_precision=mixed_precision,
-                   init_from=init, resample=resample, command=command, verbose=verbose)
+
+    def run(run_card, run_recipe, run_out, *, init_from=None, epochs=None):
+        return train(run_card, run_recipe, train_subjects, run_out, val_subjects=val, members=members,
+                     epochs=epochs, steps_per_epoch=steps_per_epoch, strategy=strategy,
+                     mixed_precision=mixed_precision, init_from=init_from, resample=resample,
+                     command=command, verbose=verbose)
+
+    if phases and rec.get("phases"):
+        from zoo.training.phases import train_phases
+
+        record = train_phases(card, rec, out, run, epochs=epochs, init_from=init)
+    else:
+        record = run(card, {**rec, "phases": None}, out, init_from=init, epochs=epochs)
     record["out_dir"] = str(out)
     return record

@@ -15,6 +15,7 @@ default. The same code runs on a laptop CPU (tests), one GPU, several GPUs
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -105,8 +106,13 @@ class NetCheckpoint(keras.callbacks.Callback):
 
 # --- members ---------------------------------------------------------------------------------------
 def freeze_layers(net: keras.Model, prefixes: Sequence[str]) -> list[str]:
-    """Make layers whose name starts with one of ``prefixes`` non-trainable; returns their names."""
-    frozen = [layer.name for layer in net.layers if any(layer.name.startswith(p) for p in prefixes)]
+    """Make layers whose name starts with one of ``prefixes`` non-trainable; returns their names.
+    An item with ``*``, ``?`` or ``[`` is a shell pattern matched against the whole name
+    (``"cr*_conv"``: the convolutions of the CR blocks, their BatchNorms left trainable)."""
+    def hit(name: str, p: str) -> bool:
+        return fnmatch.fnmatchcase(name, p) if any(c in p for c in "*?[") else name.startswith(p)
+
+    frozen = [layer.name for layer in net.layers if any(hit(layer.name, p) for p in prefixes)]
     for layer in net.layers:
         if layer.name in frozen:
             layer.trainable = False

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="card option for preprocessing (e.g. mask_method=nonzero)")
         p.add_argument("--resample", action="store_true",
                        help="resample inputs on another grid onto the reference input's grid")
+        p.add_argument("--no-phases", dest="phases", action="store_false",
+                       help="a recipe with phases (progressive resizing): one run with the card's own "
+                            "options instead of every phase in order")
         p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -272,11 +275,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision, val_ids=args.val,
         options=_unique(args.option, "--option"), resample=args.resample,
         init_from=getattr(args, "init_from", None), recipe_set=_unique(args.recipe_set, "--set"),
-        command="zoo " + " ".join(args.argv))
+        command="zoo " + " ".join(args.argv), phases=args.phases)
     for m in record["members"]:
         print(f"member{m['member']}: {m['epochs']} epoch(s), final loss "
               f"{m['history']['loss'][-1]:.4f}, weights {record['out_dir']}/{m['weights']['file']} "
               f"(sha256 {m['weights']['sha256']})")
+    for ph in record.get("phases", []):
+        print(f"phase {ph['name']}: options {ph['options']}, {ph['epochs']} epoch(s), {ph['seconds']:.0f} s")
     print(f"run record: {record['out_dir']}/run_record.json")
     return 0
 

@@ -186,7 +186,7 @@ def cross_validate(data: str | Path, out_dir: str | Path, *, folds: int = 5, see
                    recipe: str = "lung_nodule", recipe_set: Mapping[str, Any] | None = None,
                    options: Mapping[str, Any] | None = None, epochs: int | None = None,
                    final: bool = False, only_folds: Sequence[int] | None = None,
-                   command: str | None = None, verbose: Any = 2) -> dict[str, Any]:
+                   command: str | None = None, phases: bool = True, verbose: Any = 2) -> dict[str, Any]:
     """K-fold cross-validation by patient on a ``lidc_voi`` folder, then optionally the final
     model on every patient.
 
@@ -195,6 +195,10 @@ def cross_validate(data: str | Path, out_dir: str | Path, *, folds: int = 5, see
     other folds and predicts its own nodules with the same preprocessing as ``predict``.
     Nodule-level accuracy, precision, recall (malignant positive, threshold 0.5) and ROC AUC are
     computed per fold and on the pooled out-of-fold predictions (:mod:`zoo.metrics`).
+
+    A recipe with ``phases`` (progressive resizing) trains every fold through all of them
+    (:func:`zoo.training.phases.train_phases`, ``epochs`` overriding each phase's) and predicts
+    with the last phase's card options; ``phases=False`` makes each fold one run.
 
     Writes ``out_dir/manifest.json`` (patient ids per fold), ``fold{i}/`` runs,
     ``cv_predictions.csv``, ``cv_metrics.json`` and, with ``final``, ``final/member0.npz``.
@@ -222,20 +226,35 @@ def cross_validate(data: str | Path, out_dir: str | Path, *, folds: int = 5, see
     splits = ds.kfold(subjects, folds, seed=seed, stratify_by="has_malignant")
     ds.write_manifest(out / "manifest.json", {f"fold{i}": (tr, va) for i, (tr, va) in enumerate(splits)})
     entry = _entry(card)
+    staged = bool(phases and rec.get("phases"))
+    if staged:  # predictions use the preprocessing of the last phase
+        from zoo.training.phases import phase_card, train_phases
+
+        eval_card = phase_card(card, rec["phases"][-1])
+    else:
+        rec = {**rec, "phases": None}
+        eval_card = card
+
+    def fit(subjs, folder):
+        def run(run_card, run_recipe, run_out, *, init_from=None, epochs=None):
+            return train(run_card, run_recipe, subjs, run_out, epochs=epochs, strategy="none",
+                         init_from=init_from, command=command, verbose=verbose)
+        return train_phases(card, rec, folder, run, epochs=epochs) if staged else run(card, rec, folder, epochs=epochs)
+
     rows, per_fold, runs = [], [], []
     t0 = time.perf_counter()
     for i, (tr, va) in enumerate(splits):
         if only_folds is not None and i not in only_folds:
             continue
-        record = train(card, rec, tr, out / f"fold{i}", epochs=epochs, strategy="none", command=command,
-                       verbose=verbose)
+        record = fit(tr, out / f"fold{i}")
         runs.append({"fold": i, "seconds": record["members"][0]["seconds"],
                      "epochs": record["members"][0]["epochs"],
                      "steps_per_epoch": record["members"][0]["steps_per_epoch"],
-                     "final_loss": record["members"][0]["history"]["loss"][-1]})
-        net = entry.build_member(card, rec["variant"])
+                     "final_loss": record["members"][0]["history"]["loss"][-1],
+                     "phases": record.get("phases")})
+        net = entry.build_member(eval_card, rec["variant"])
         weights_mod.load_weights(net, out / f"fold{i}" / "member0.npz")
-        crops = load_crops(card, va, rec["data"].get("intensity", "hu"))
+        crops = load_crops(eval_card, va, rec["data"].get("intensity", "hu"))
         p = entry.predict_probabilities([net], crops["x"])
         fold_rows = [{"fold": i, "patient": pt, "case": c, "label": int(y), "p_malignant": float(q)}
                      for pt, c, y, q in zip(crops["patient"], crops["case"], crops["y"], p)]
@@ -245,12 +264,11 @@ def cross_validate(data: str | Path, out_dir: str | Path, *, folds: int = 5, see
     table = pd.DataFrame(rows)
     pooled = metrics.classification_metrics(table["label"].to_numpy(), table["p_malignant"].to_numpy())
     result = {"data": str(data), "folds": folds, "seed": seed, "recipe": rec, "options": dict(options or {}),
-              "card_preprocessing": card["preprocessing"], "per_fold": per_fold,
+              "card_preprocessing": eval_card["preprocessing"], "per_fold": per_fold,
               "pooled": {**pooled, "n": int(len(table)), "n_patients": int(table["patient"].nunique())},
               "runs": runs, "seconds": round(time.perf_counter() - t0, 1), "command": command}
     if final:
-        record = train(card, rec, subjects, out / "final", epochs=epochs, strategy="none", command=command,
-                       verbose=verbose)
+        record = fit(subjects, out / "final")
         result["final"] = {"weights": str(out / "final" / "member0.npz"),
                            "sha256": record["members"][0]["weights"]["sha256"],
                            "seconds": record["members"][0]["seconds"]}
@@ -274,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="card option (YAML value), repeatable")
     parser.add_argument("--only-fold", type=int, action="append", default=None)
     parser.add_argument("--final", action="store_true", help="then train the final model on every patient")
+    parser.add_argument("--no-phases", dest="phases", action="store_false",
+                        help="one run per fold with the card's options instead of the recipe's phases")
     args = parser.parse_args(argv)
     import yaml
 
@@ -282,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result = cross_validate(args.data, args.out, folds=args.folds, seed=args.seed, recipe=args.recipe,
                             recipe_set=pairs(args.recipe_set), options=pairs(args.option), epochs=args.epochs,
-                            final=args.final, only_folds=args.only_fold,
+                            final=args.final, only_folds=args.only_fold, phases=args.phases,
                             command="python -m zoo.training.tasks.classification3d " + " ".join(sys.argv[1:]
                                                                                                if argv is None else argv))
     for f in result["per_fold"]:
