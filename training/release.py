@@ -2,6 +2,10 @@
 ``weights/<entry>/<variant>/`` and print the card records (file, sha256, size).
 
     python -m zoo.training.release runs/wmh_ensemble-flair wmh_ensemble flair [--weights-dir weights]
+    python -m zoo.training.release runs/spine-cv-fold1 spine_vertebrae t2 --member 1
+
+``--member N`` ships a one-member run as member ``N`` (ensembles assembled from separate runs,
+e.g. the cross-validation fold models of spine_vertebrae, spec section 9).
 """
 
 from __future__ import annotations
@@ -15,16 +19,21 @@ from zoo import errors
 from zoo.weights import sha256_file
 
 
-def ship(run_dir: str | Path, entry: str, variant: str, weights_dir: str | Path = "weights") -> list[dict]:
+def ship(run_dir: str | Path, entry: str, variant: str, weights_dir: str | Path = "weights",
+         member: int | None = None) -> list[dict]:
     """Copy a run's member weights next to the package and return their card records.
 
     Verifies each file against the sha256 in the run's ``run_record.json`` before copying.
-    Raises ZooError when the run is incomplete or a checksum differs.
+    ``member``: ship the run's only member as ``member{member}.npz``.
+    Raises ZooError when the run is incomplete, a checksum differs, or ``member`` is given for
+    a run of several members.
     """
     run = Path(run_dir)
     record = json.loads((run / "run_record.json").read_text(encoding="utf-8"))
     if record["entry"] != entry or record["variant"] != variant:
         raise errors.ZooError(f"{run} trained {record['entry']}/{record['variant']}, not {entry}/{variant}")
+    if member is not None and len(record["members"]) != 1:
+        raise errors.ZooError(f"{run} has {len(record['members'])} members; --member needs a one-member run")
     dest = Path(weights_dir) / entry / variant
     dest.mkdir(parents=True, exist_ok=True)
     out = []
@@ -32,9 +41,11 @@ def ship(run_dir: str | Path, entry: str, variant: str, weights_dir: str | Path 
         src = run / m["weights"]["file"]
         if sha256_file(src) != m["weights"]["sha256"]:
             raise errors.ChecksumError(f"{src} differs from the sha256 in {run}/run_record.json")
-        shutil.copyfile(src, dest / src.name)
-        out.append({"file": f"{entry}/{variant}/{src.name}", "sha256": m["weights"]["sha256"],
-                    "size": (dest / src.name).stat().st_size, "member": m["member"]})
+        index = m["member"] if member is None else int(member)
+        name = f"member{index}.npz"
+        shutil.copyfile(src, dest / name)
+        out.append({"file": f"{entry}/{variant}/{name}", "sha256": m["weights"]["sha256"],
+                    "size": (dest / name).stat().st_size, "member": index})
     return out
 
 
@@ -44,8 +55,9 @@ def main() -> None:
     ap.add_argument("entry")
     ap.add_argument("variant")
     ap.add_argument("--weights-dir", default="weights")
+    ap.add_argument("--member", type=int, default=None, help="ship a one-member run as this member index")
     a = ap.parse_args()
-    for rec in ship(a.run_dir, a.entry, a.variant, a.weights_dir):
+    for rec in ship(a.run_dir, a.entry, a.variant, a.weights_dir, a.member):
         print(f"      - {{file: {rec['file']}, sha256: {rec['sha256']}, size: {rec['size']}, member: {rec['member']}}}")
 
 
