@@ -14,14 +14,10 @@ The last line compares the CPU-budget frame of the shipped weights (32^3 / 2 = 1
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 
-CHILD = r"""
-import json, resource, statistics, sys, time
-import numpy as np, keras, tensorflow as tf
-cfg = json.loads(sys.argv[1])
+from _timed_steps import run_timed
+
+SETUP = r"""
 from zoo.architectures.nodule_cnn3d import build_nodule_cnn3d
 from zoo.training.trainer import freeze_layers
 net = build_nodule_cnn3d((*cfg["shape"], 1))
@@ -30,20 +26,7 @@ net.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=keras.losses.SparseCate
 rng = np.random.default_rng(0)
 x = rng.random((cfg["batch"], *cfg["shape"], 1)).astype("float32")
 y = rng.integers(0, 2, cfg["batch"]).astype("int32")
-net.train_on_batch(x, y)
-times = []
-for _ in range(cfg["steps"]):
-    t = time.perf_counter(); net.train_on_batch(x, y); times.append(time.perf_counter() - t)
-gpus = tf.config.list_physical_devices("GPU")
-peak = (tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20 if gpus
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-print(json.dumps({"step_s": statistics.median(times), "peak_mib": peak, "device": "GPU" if gpus else "CPU"}))
 """
-
-
-def run(cfg: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -61,7 +44,7 @@ def main() -> None:
     base = None
     for name, pad, ds, freeze, epochs in rows:
         shape = [-(-int(s) // int(ds)) for s in pad]
-        r = run({"shape": shape, "freeze": freeze, "batch": args.batch, "steps": args.steps})
+        r = run_timed(SETUP, {"shape": shape, "freeze": freeze, "batch": args.batch, "steps": args.steps})
         per = r["step_s"] / args.batch
         base = base or per
         epoch_min = per * args.samples / 60

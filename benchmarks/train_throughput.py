@@ -12,38 +12,25 @@ Peak memory is the process's maximum resident set (CPU) or TensorFlow's peak GPU
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 
-CHILD = r"""
-import json, resource, statistics, sys, time
-import numpy as np, keras, tensorflow as tf
-cfg = json.loads(sys.argv[1])
+from _timed_steps import run_timed
+
+SETUP = r"""
 if cfg["policy"] != "float32":
     keras.mixed_precision.set_dtype_policy(cfg["policy"])
 from zoo.architectures.unet2d import build_unet2d
 from zoo.training.losses import SoftDiceLoss
 s, b = cfg["size"], cfg["batch"]
-model = build_unet2d((s, s, cfg["channels"]))
-model.compile(optimizer=keras.optimizers.Adam(2e-4, epsilon=1e-8), loss=SoftDiceLoss())
+net = build_unet2d((s, s, cfg["channels"]))
+net.compile(optimizer=keras.optimizers.Adam(2e-4, epsilon=1e-8), loss=SoftDiceLoss())
 rng = np.random.default_rng(0)
 x = rng.normal(size=(b, s, s, cfg["channels"])).astype("float32")
 y = (rng.random((b, s, s, 1)) > 0.97).astype("float32")
-model.train_on_batch(x, y)
-times = []
-for _ in range(cfg["steps"]):
-    t = time.perf_counter(); model.train_on_batch(x, y); times.append(time.perf_counter() - t)
-gpus = tf.config.list_physical_devices("GPU")
-peak = (tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20 if gpus
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-print(json.dumps({"step_s": statistics.median(times), "peak_mib": peak, "device": "GPU" if gpus else "CPU"}))
 """
 
 
 def run(cfg: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_timed(SETUP, cfg)
 
 
 def main() -> None:
