@@ -259,6 +259,11 @@ def test_component_filter_in_ml_and_vertebra_names(spacing):
     assert labels.max() == 6 and len(vols) == 6  # the 1 mL blob is gone on both grids
     vertebrae, names, order = name_vertebrae(labels, aff)
     assert names == list(VERTEBRAE)
+    assert name_vertebrae(labels, aff, vols)[1] == list(VERTEBRAE)
+    # six components of which one is a merge (> 2x the mean) are not six levels
+    merged = list(vols)
+    merged[2] = 10 * float(np.mean(vols))
+    assert name_vertebrae(labels, aff, merged)[1] == [f"body{i}" for i in range(1, 7)]
     # superior to inferior: Th12 is the box with the largest S, L5 the lowest
     assert np.all(vertebrae[boxes[5]] == 1) and np.all(vertebrae[boxes[0]] == 6)
     voxel_ml = float(np.prod(spacing)) / 1000
@@ -268,6 +273,14 @@ def test_component_filter_in_ml_and_vertebra_names(spacing):
     # a voxel threshold overrides the mL one; none keeps everything
     assert postprocessing.remove_small_components(mask, spacing, min_voxels=1)[1].max() == 7
     assert postprocessing.remove_small_components(mask, spacing)[1].max() == 7
+
+
+def test_merged_components_rule():
+    from zoo.entries.spine_vertebrae import merged_components
+
+    assert merged_components([10, 10, 10, 10, 10, 60]) == [5]  # 60 > 2 x mean 18.3
+    assert merged_components([10, 10, 10, 10, 10, 25]) == []   # 25 = 2 x mean 12.5, not larger
+    assert merged_components([100.0]) == [] and merged_components([]) == []
 
 
 def test_six_connectivity_splits_diagonal_voxels():

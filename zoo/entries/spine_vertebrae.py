@@ -12,7 +12,8 @@ How the shared pieces plug together; every number comes from the card
        mean of the members' logits, softmax (D4 logit_mean) or the majority vote of their masks
     -> foreground probability mapped back to the input grid (linear), > threshold
     -> 3D connected components (6-connectivity); components < 5.59 mL removed (D3); the
-       remaining bodies named Th12..L5 from superior to inferior
+       remaining bodies named Th12..L5 from superior to inferior when there are six and none
+       is a merge (> 2x the mean volume, spec §10.2), else body1..bodyN with a QC flag
     -> Prediction: "vertebral_bodies" (uint8 0/1), "vertebrae" (uint8 1..6 = Th12..L5),
        "vertebral_bodies_probability" (float32), volumes_ml per vertebra, on the input's grid
 """
@@ -20,6 +21,7 @@ How the shared pieces plug together; every number comes from the card
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -92,16 +94,33 @@ def network_probability(model, x: np.ndarray) -> np.ndarray:
     return _softmax_fg(logits)
 
 
-def name_vertebrae(labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, list[str], list[int]]:
+def merged_components(volumes_ml: Sequence[float]) -> list[int]:
+    """0-based indices of the components larger than 2x the mean component volume, i.e. bodies
+    that touch and merged (spec ``spine_vertebrae.md`` §10.2); none for fewer than 2."""
+    if len(volumes_ml) < 2:
+        return []
+    mean = float(np.mean(volumes_ml))
+    return [i for i, v in enumerate(volumes_ml) if v > 2.0 * mean]
+
+
+def name_vertebrae(labels: np.ndarray, affine: np.ndarray,
+                   volumes_ml: Sequence[float] | None = None) -> tuple[np.ndarray, list[str], list[int]]:
     """Number the components of ``labels`` (1..n) as vertebrae from superior to inferior.
 
-    Returns ``(vertebrae, names, order)``: ``vertebrae`` uint8 with 1..6 = Th12..L5 when there
-    are exactly six components; otherwise the components are numbered 1..n from superior to
-    inferior and named ``body1``.. (flagged by the caller). ``order`` lists the source label of
-    each output number.
+    Args:
+        labels: int component map ``(I, J, K)`` with labels 1..n.
+        affine: its voxel-to-RAS affine (superior = larger world z).
+        volumes_ml: the components' volumes (index = label - 1); when one of them is a merge
+            (:func:`merged_components`), six components are not six bodies.
+    Returns:
+        ``(vertebrae, names, order)``: ``vertebrae`` uint8 with 1..6 = Th12..L5 when there are
+        exactly six components and none is merged; otherwise the components are numbered 1..n
+        from superior to inferior and named ``body1``.. (flagged by the caller). ``order``
+        lists the source label of each output number.
     """
     order = postprocessing.order_by_world_axis(labels, affine, axis=2, descending=True)
-    names = list(VERTEBRAE) if len(order) == len(VERTEBRAE) else [f"body{i + 1}" for i in range(len(order))]
+    levels = len(order) == len(VERTEBRAE) and not merged_components(volumes_ml or [])
+    names = list(VERTEBRAE) if levels else [f"body{i + 1}" for i in range(len(order))]
     lookup = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.uint8)
     for new, old in enumerate(order, start=1):
         lookup[old] = new
@@ -144,17 +163,17 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
     mask, labels, vols = postprocessing.remove_small_components(
         raw, ref.spacing, min_ml=post.get("min_component_ml"), min_voxels=post.get("min_component_vox"),
         connectivity=int(post.get("connectivity", 6)))
-    vertebrae, names, order = name_vertebrae(labels, ref.affine)
+    vertebrae, names, order = name_vertebrae(labels, ref.affine, vols)
     volumes_ml = {"vertebral_bodies": postprocessing.volume_ml(mask, ref.spacing)}
     volumes_ml.update({name: vols[old - 1] for name, old in zip(names, order)})
     n_raw = int(postprocessing.remove_small_components(raw, ref.spacing, connectivity=int(
         post.get("connectivity", 6)))[1].max())
     flags = []
-    if len(order) != len(VERTEBRAE):
-        flags.append(f"visual_qc: {len(order)} vertebral bodies found, expected {len(VERTEBRAE)}; "
-                     "bodies are named body1.. from superior to inferior")
-    mean_ml = float(np.mean(vols)) if vols else 0.0
-    merged = [n for n, old in zip(names, order) if vols[old - 1] > 2.0 * mean_ml and len(vols) > 1]
+    if names != list(VERTEBRAE):
+        flags.append(f"visual_qc: {len(order)} components found, expected {len(VERTEBRAE)} separate bodies; "
+                     "they are named body1.. from superior to inferior")
+    big = {i + 1 for i in merged_components(vols)}
+    merged = [n for n, old in zip(names, order) if old in big]
     if merged:
         flags.append(f"merged_bodies: {merged} larger than 2x the mean body volume")
     timing["postprocess"] = time.perf_counter() - t0
