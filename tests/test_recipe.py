@@ -241,3 +241,14 @@ def test_task_blocks_are_checked_by_the_task_schema(raw):
     del data["augmentation"]["rotation_deg"]
     with pytest.raises(errors.RecipeError, match="rotation_deg"):
         validate(data)
+
+
+def test_dotted_overrides_nest_and_keep_the_base():
+    from zoo.training.recipe import dotted_overrides
+
+    base = {"batch_size": 4, "data": {"intensity": "hu"}}
+    out = dotted_overrides({"optimizer.learning_rate": 1e-4, "data.patch_size": [16, 64, 64], "epochs": 2}, base)
+    assert out == {"batch_size": 4, "epochs": 2, "optimizer": {"learning_rate": 1e-4},
+                   "data": {"intensity": "hu", "patch_size": [16, 64, 64]}}
+    assert base == {"batch_size": 4, "data": {"intensity": "hu"}}  # the base is not changed
+    assert dotted_overrides(None) == {}

@@ -77,6 +77,19 @@ def load_recipe(name_or_path: str | Path, variant: str | None = None,
     return recipe
 
 
+def dotted_overrides(values: Mapping[str, Any] | None, base: Mapping[str, Any] | None = None) -> dict:
+    """Nest ``{"optimizer.learning_rate": 1e-4}``-style dotted keys (the CLI's ``--set``) into
+    the mapping :func:`load_recipe` merges as ``overrides``, on top of a copy of ``base``."""
+    overrides: dict[str, Any] = copy.deepcopy(dict(base or {}))
+    for dotted, value in (values or {}).items():
+        node = overrides
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return overrides
+
+
 def validate(data: Any, source: str = "<recipe>") -> None:
     """Validate a parsed recipe against the common schema and its task's schema.
     Raises RecipeError naming the field and the problem."""

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from zoo import errors, registry, weights as weights_mod
 from zoo.training import datasets
-from zoo.training.recipe import load_recipe
+from zoo.training.recipe import dotted_overrides, load_recipe
 
 #: Card options applied for each dataset layout unless the user sets them (skull-stripped
 #: public data with a zero background cannot use the paper's scanner-unit thresholds).
@@ -109,13 +109,7 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
     from zoo.training.trainer import train
 
     data = Path(data)
-    overrides: dict[str, Any] = {} if batch_size is None else {"batch_size": int(batch_size)}
-    for dotted, value in (recipe_set or {}).items():
-        node = overrides
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    overrides = dotted_overrides(recipe_set, {} if batch_size is None else {"batch_size": int(batch_size)})
     rec = load_recipe(recipe or name, variant, overrides)
     detected = detect_layout(data) if layout == "auto" else layout
     layout_opts = {k: v for k, v in LAYOUT_OPTIONS.get(detected, {}).items() if k in registry.card(name)["options"]}

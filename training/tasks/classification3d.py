@@ -208,19 +208,12 @@ def cross_validate(data: str | Path, out_dir: str | Path, *, folds: int = 5, see
 
     from zoo import metrics, registry
     from zoo.training import datasets as ds
-    from zoo.training.recipe import load_recipe
+    from zoo.training.recipe import dotted_overrides, load_recipe
     from zoo.training.trainer import train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    overrides: dict[str, Any] = {}
-    for dotted, value in (recipe_set or {}).items():
-        node = overrides
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    rec = load_recipe(recipe, None, overrides)
+    rec = load_recipe(recipe, None, dotted_overrides(recipe_set))
     card = registry.card(rec["entry"]).with_options(dict(options or {}))
     subjects = ds.lidc_voi(data, label_source=rec["data"].get("label_source", "rating"))
     splits = ds.kfold(subjects, folds, seed=seed, stratify_by="has_malignant")
