@@ -509,3 +509,44 @@ def test_summarise_excludes_and_counts_nan():
     assert s["q25"] == 1.75 and s["q75"] == 3.25  # linear interpolation
     empty = m.summarise([float("nan")])
     assert empty["n"] == 0 and empty["n_nan"] == 1 and math.isnan(empty["mean"])
+
+
+# --- §4.2 hd_vox_network_grid ----------------------------------------------------------------
+def test_hd_vox_network_grid_shifted_cubes_in_voxels():
+    # Identical 5-voxel cubes shifted by 3 voxels along i: every face is at most 3 voxels from
+    # the other boundary, and the far faces are exactly 3 apart.
+    g = box((14, 12, 12), slice(2, 7), slice(2, 7), slice(2, 7))
+    p = box((14, 12, 12), slice(5, 10), slice(2, 7), slice(2, 7))
+    assert m.hd_vox_network_grid(g, p) == pytest.approx(3.0, abs=1e-12)
+    assert m.hd_vox_network_grid(p, g) == pytest.approx(3.0, abs=1e-12)
+    assert m.hd_vox_network_grid(g, g) == 0.0
+
+
+def test_hd_vox_network_grid_matches_brute_force_with_edge_as_background():
+    from scipy import ndimage as ndi
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        # Blobs that touch the image edge, where the outside-as-background rule matters.
+        g = ndi.binary_dilation(rng.random((10, 16, 16)) > 0.97, iterations=2)
+        p = ndi.binary_dilation(rng.random((10, 16, 16)) > 0.97, iterations=2)
+        bg = g & ~ndi.binary_erosion(g)  # SciPy default: cross element, border_value 0
+        bp = p & ~ndi.binary_erosion(p)
+        d = cdist(np.argwhere(bp), np.argwhere(bg))
+        expected = max(d.min(axis=1).max(), d.min(axis=0).max())
+        assert m.hd_vox_network_grid(g, p) == pytest.approx(expected, abs=1e-9)
+    # A mask that fills the whole image has its outer shell as boundary (HD95's zoo rule would
+    # have none): the top face of G is 4 voxels from the cut face of P, half the image.
+    g = np.ones((8, 8, 8), bool)
+    p = box((8, 8, 8), slice(0, 8), slice(0, 8), slice(0, 4))
+    assert m.hd_vox_network_grid(g, p) == pytest.approx(4.0, abs=1e-12)
+
+
+def test_hd_vox_network_grid_empty_cases():
+    g = box((6, 6, 6), slice(1, 4), slice(1, 4), slice(1, 4))
+    e = np.zeros_like(g)
+    assert math.isnan(m.hd_vox_network_grid(g, e))
+    assert math.isnan(m.hd_vox_network_grid(e, g))
+    with pytest.raises(errors.MetricError):
+        m.hd_vox_network_grid(e, g, empty_policy="compat")

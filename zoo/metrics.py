@@ -20,6 +20,7 @@ Public functions:
   ``(array, affine)`` tuples), with the challenge's label handling and binarisation (§2.1).
 * :func:`dice`, :func:`h95_wmh_mm`, :func:`abs_vol_diff_pct`, :func:`lesion_recall`,
   :func:`lesion_f1`, :func:`vol_similarity`, :func:`hd95_mm`: the same metrics on boolean masks.
+* :func:`hd_vox_network_grid`: the full symmetric Hausdorff distance in voxels (§4.2, spine).
 * :func:`challenge_rank_scores`: the challenge's normalised rank score (§2.6).
 * :func:`summarise`: mean ± SD and median [IQR] with the NaN count (§7, §8).
 * :func:`psnr_db`, :func:`ssim`, :func:`mae`, :func:`synthesis_metrics`: image-synthesis metrics
@@ -52,6 +53,7 @@ __all__ = [
     "lesion_f1",
     "vol_similarity",
     "hd95_mm",
+    "hd_vox_network_grid",
     "challenge_rank_scores",
     "summarise",
     "psnr_db",
@@ -151,8 +153,9 @@ def _crop(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _boundary(x: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    """``X − erode(X)`` with voxels outside the image counted as foreground.
+def _boundary(x: np.ndarray, structure: np.ndarray, outside: int = 1) -> np.ndarray:
+    """``X − erode(X)`` with voxels outside the image counted as foreground (``outside`` 1,
+    the zoo definition) or background (``outside`` 0, SciPy's default as in MONAI).
 
     Exact on a crop: the crop keeps a one-voxel margin of real background wherever it does
     not reach the image edge, so erosion sees the same neighbourhood as on the full image.
@@ -162,7 +165,7 @@ def _boundary(x: np.ndarray, structure: np.ndarray) -> np.ndarray:
         return out
     box = _crop(x, margin=1)
     sub = x[box]
-    out[box] = sub & ~ndi.binary_erosion(sub, structure=structure, border_value=1)
+    out[box] = sub & ~ndi.binary_erosion(sub, structure=structure, border_value=outside)
     return out
 
 
@@ -434,6 +437,41 @@ def hd95_mm(g: Any, p: Any, affine_or_spacing: Any, empty_policy: str = "zoo") -
     d_p = ndi.distance_transform_edt(~bg, sampling=spacing)[bp]
     d_g = ndi.distance_transform_edt(~bp, sampling=spacing)[bg]
     return float(max(np.percentile(d_p, 95), np.percentile(d_g, 95)))
+
+
+# --- §4.2 HD in voxels of the network grid (spine) -------------------------------------------
+def hd_vox_network_grid(g: Any, p: Any, empty_policy: str = "zoo") -> float:
+    """Symmetric full (maximum) Hausdorff distance in **voxel units**, ``metrics.md`` §4.2.
+
+    The metric behind the published spine numbers (Kaliyugarasan et al., ISBI 2023, Table 1;
+    MONAI ``compute_hausdorff_distance`` with ``percentile=None`` and no spacing): boundaries
+    ``X XOR erode(X)`` with SciPy's default cross element and **outside as background**
+    (a mask touching the image edge has boundary there), exact Euclidean distances between
+    boundary voxel indices, ``max(max d(B(P)→B(G)), max d(B(G)→B(P)))``. Call it on the
+    network grid (4.4 x 0.78 x 0.78 mm for spine); the value is not in mm and must not be
+    mixed with :func:`hd95_mm`.
+
+    Args:
+        g, p: reference and prediction masks, shape ``(X, Y, Z)``, boolean or 0/1.
+        empty_policy: as §8: |P| = 0 → NaN; |G| = 0 with |P| > 0 → NaN (``"zoo"``) or
+            MetricError (``"compat"``).
+    Returns:
+        HD in voxels, or NaN as above.
+    Raises:
+        MetricError: shapes differ, not 3D, non-binary input, the compat crash case.
+    """
+    _check_policy(empty_policy)
+    g, p = _pair(g, p, ndim=3)
+    special = _empty_surface_case(int(np.count_nonzero(g)), int(np.count_nonzero(p)),
+                                  empty_policy, "hd_vox_network_grid")
+    if special is not None:
+        return special
+    bg, bp = _boundary(g, _CROSS_6, outside=0), _boundary(p, _CROSS_6, outside=0)
+    box = _crop(bg | bp, margin=0)
+    bg, bp = bg[box], bp[box]
+    d_p = ndi.distance_transform_edt(~bg)[bp]
+    d_g = ndi.distance_transform_edt(~bp)[bg]
+    return float(max(d_p.max(), d_g.max()))
 
 
 # --- §2 the WMH challenge, from label images ---------------------------------------------

@@ -33,6 +33,9 @@ class Prediction:
         input_paths: input files; :meth:`save` refuses to overwrite any of them.
         table: optional per-object results as a ``pandas.DataFrame`` (e.g. one row per nodule
             for ``lung_nodule``); :meth:`save` writes it as ``<prefix>table.csv``.
+        network_grid: in-memory arrays on the network's own grid, for scoring on the grid the
+            published numbers use (``spine_vertebrae``: ``"probability"`` ``(X, Y, Z)`` float32
+            and the pipeline ``"state"``); never written by :meth:`save` or :meth:`to_dict`.
     """
 
     images: dict[str, nib.Nifti1Image]
@@ -44,6 +47,7 @@ class Prediction:
     timing_s: dict[str, float] = field(default_factory=dict)
     input_paths: list[Path] = field(default_factory=list)
     table: "pandas.DataFrame | None" = None
+    network_grid: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no voxel data); with a :attr:`table`, its rows as ``"table"``."""

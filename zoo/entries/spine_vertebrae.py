@@ -39,9 +39,11 @@ ID = "spine_vertebrae"
 #: Vertebra names from superior to inferior (spec §1).
 VERTEBRAE = ("Th12", "L1", "L2", "L3", "L4", "L5")
 
-#: Per-case metric columns of ``zoo evaluate`` (specs/metrics.md names; n_bodies = count of
-#: predicted components after post-processing).
-EVAL_COLUMNS = ("dsc", "hd95_mm", "n_bodies")
+#: Per-case metric columns of ``zoo evaluate`` (specs/metrics.md names): on the input grid
+#: (post-processed) and, as the published numbers (spec §11, D5), on the network grid raw and
+#: post-processed (``*_raw`` = before the component filter); n_bodies = predicted components.
+EVAL_COLUMNS = ("dsc", "hd95_mm", "n_bodies", "dsc_network_grid_raw", "dsc_network_grid",
+                "hd_vox_network_grid_raw", "hd_vox_network_grid")
 
 
 def build_member(card: ModelCard, variant: str, member: int, patch_size=None) -> keras.Model:
@@ -186,13 +188,23 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
             "network_shape": [int(s) for s in x.shape], "network_spacing_mm": list(state.spacing),
             "flags": flags},
         timing_s=timing,
+        network_grid={"probability": prob, "state": state},
     )
 
 
 def score(subject, pred: Prediction, model) -> dict:
-    """DSC and HD95 (mm) of the post-processed mask against the subject's T12-L5 reference on
-    the input's own grid (``metrics.md`` §1, §4.1); ``n_bodies`` = predicted bodies. Labels with
-    Th11 (``meta["label_rule"]``) are converted with :func:`zoo.training.datasets.th12_l5_mask`."""
+    """Score one prediction against the subject's Th12-L5 reference.
+
+    On the input's own grid: DSC and HD95 (mm) of the post-processed mask (``metrics.md`` §1,
+    §4.1). On the network grid (4.4 x 0.78 x 0.78 mm, the reference transformed like the image
+    with nearest neighbour, spec §11): DSC and ``hd_vox_network_grid`` (§4.2, voxels, the
+    metric of the published Table 1), raw (probability > threshold) and post-processed (the
+    card's component filter on that grid). ``n_bodies`` = predicted bodies. Labels with Th11
+    (``meta["label_rule"]``) are converted with :func:`zoo.training.datasets.th12_l5_mask`.
+
+    Raises:
+        GridMismatchError: the label's shape differs from the image's.
+    """
     from zoo import metrics
     from zoo.io import read_volume
     from zoo.training.datasets import th12_l5_mask
@@ -200,5 +212,16 @@ def score(subject, pred: Prediction, model) -> dict:
     ref = read_volume(str(subject.label), "label")
     g, info = th12_l5_mask(ref.array, ref.affine, subject.meta.get("label_rule"))
     p = np.asarray(pred.images["vertebral_bodies"].dataobj) > 0
-    return {"dsc": metrics.dice(g > 0, p), "hd95_mm": metrics.hd95_mm(g > 0, p, ref.affine),
-            "n_bodies": float(pred.qc["n_bodies"]), "flags": list(info["flags"]) + list(pred.qc["flags"])}
+    out = {"dsc": metrics.dice(g > 0, p), "hd95_mm": metrics.hd95_mm(g > 0, p, ref.affine),
+           "n_bodies": float(pred.qc["n_bodies"]), "flags": list(info["flags"]) + list(pred.qc["flags"])}
+    card, state = model.card, pred.network_grid["state"]
+    g_net = pipeline(card).apply_label((g > 0).astype(np.uint8), state) > 0
+    raw = pred.network_grid["probability"] > float(card["inference"]["threshold"])
+    post = card["postprocessing"]
+    kept = postprocessing.remove_small_components(
+        raw, state.spacing, min_ml=post.get("min_component_ml"), min_voxels=post.get("min_component_vox"),
+        connectivity=int(post.get("connectivity", 6)))[0] > 0
+    for suffix, mask in (("_raw", raw), ("", kept)):
+        out[f"dsc_network_grid{suffix}"] = metrics.dice(g_net, mask)
+        out[f"hd_vox_network_grid{suffix}"] = metrics.hd_vox_network_grid(g_net, mask)
+    return out
