@@ -550,3 +550,22 @@ def test_hd_vox_network_grid_empty_cases():
     assert math.isnan(m.hd_vox_network_grid(e, g))
     with pytest.raises(errors.MetricError):
         m.hd_vox_network_grid(e, g, empty_policy="compat")
+
+
+# --- Bland–Altman ---------------------------------------------------------------------------
+def test_bland_altman_hand_computed():
+    r = [10.0, 20.0, 30.0, math.nan]
+    v = [12.0, 19.0, 33.0, 5.0]
+    ba = m.bland_altman(r, v)  # differences 2, -1, 3
+    sd = math.sqrt(((2 - 4 / 3) ** 2 + (-1 - 4 / 3) ** 2 + (3 - 4 / 3) ** 2) / 2)
+    assert ba["n"] == 3 and ba["n_nan"] == 1
+    assert ba["bias"] == pytest.approx(4 / 3, abs=1e-12)
+    assert ba["sd"] == pytest.approx(sd, abs=1e-12)
+    assert ba["loa_lower"] == pytest.approx(4 / 3 - 1.96 * sd, abs=1e-12)
+    assert ba["loa_upper"] == pytest.approx(4 / 3 + 1.96 * sd, abs=1e-12)
+    assert ba["mean_reference"] == pytest.approx(20.0)
+    one = m.bland_altman([1.0], [2.0])
+    assert one["bias"] == 1.0 and math.isnan(one["sd"])
+    assert math.isnan(m.bland_altman([], [])["bias"])
+    with pytest.raises(errors.MetricError):
+        m.bland_altman([1.0, 2.0], [1.0])

@@ -117,3 +117,11 @@ def test_score_on_the_network_grid(case, shipped):
     assert 0 < s["hd_vox_network_grid"] < 400 and 0 < s["hd_vox_network_grid_raw"] < 400
     assert pred.network_grid["probability"].shape == tuple(pred.qc["network_shape"])
     assert "network_grid" not in pred.to_dict()
+    # Per-vertebra volumes for the Bland–Altman analysis: the reference has six bodies.
+    label = np.asarray(nib.load(case["mask_th12_l5"]).dataobj) > 0
+    voxel_ml = float(np.prod(nib.load(case["mask_th12_l5"]).header.get_zooms()[:3])) / 1000
+    ref_ml = [s[f"volume_ml_ref_{v}"] for v in spine_vertebrae.VERTEBRAE]
+    assert sum(ref_ml) == pytest.approx(label.sum() * voxel_ml, rel=1e-6) and min(ref_ml) > 20
+    pred_ml = [s[f"volume_ml_pred_{v}"] for v in spine_vertebrae.VERTEBRAE]
+    named = "Th12" in pred.volumes_ml
+    assert all(np.isfinite(pred_ml)) == named and (named or all(np.isnan(pred_ml)))

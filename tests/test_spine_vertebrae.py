@@ -4,10 +4,12 @@ specs/spine_vertebrae.md §15)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from zoo import postprocessing, registry
@@ -283,6 +285,19 @@ def test_merged_components_rule():
     assert merged_components([100.0]) == [] and merged_components([]) == []
 
 
+def test_aggregate_bland_altman_over_named_vertebrae_only():
+    from zoo.entries.spine_vertebrae import VERTEBRAE, aggregate
+
+    rows = [{**{f"volume_ml_ref_{v}": 30.0 + i for i, v in enumerate(VERTEBRAE)},
+             **{f"volume_ml_pred_{v}": 32.0 + i for i, v in enumerate(VERTEBRAE)}},
+            {**{f"volume_ml_ref_{v}": 40.0 for v in VERTEBRAE},  # merged bodies: no names
+             **{f"volume_ml_pred_{v}": float("nan") for v in VERTEBRAE}}]
+    ba = aggregate(pd.DataFrame(rows))["bland_altman_volume_ml"]
+    assert ba["n"] == 6 and ba["n_nan"] == 6
+    assert ba["bias"] == pytest.approx(2.0) and ba["sd"] == pytest.approx(0.0, abs=1e-12)
+    assert ba["mean_reference"] == pytest.approx(32.5)
+
+
 def test_six_connectivity_splits_diagonal_voxels():
     m = np.zeros((3, 3, 3), np.uint8)
     m[0, 0, 0] = m[1, 1, 1] = 1
@@ -356,7 +371,8 @@ def test_card_and_recipe_validate():
 
 def test_training_task_smoke_one_step(tmp_path):
     """segmentation3d end to end through the engine on two synthetic subjects (1 step, tiny
-    patch; eager, because tracing the 3D U-Net costs more than one step)."""
+    patch; eager, because tracing the 3D U-Net costs more than one step), then ``zoo evaluate``
+    with the run's weights on the held-out subject, whose label has six bodies."""
     import tensorflow as tf
 
     from zoo.training import datasets
@@ -369,7 +385,11 @@ def test_training_task_smoke_one_step(tmp_path):
         rng = np.random.default_rng(i)
         img = rng.normal(0, 1, (20, 40, 40)).astype(np.float32)
         lab = np.zeros((20, 40, 40), np.uint8)
-        lab[8:12, 10:30, 10:30] = 1
+        if i == 0:
+            lab[8:12, 10:30, 10:30] = 1
+        else:  # six 3-voxel bodies along S with 3-voxel gaps
+            for b in range(6):
+                lab[8:12, 10:30, 4 + 6 * b:7 + 6 * b] = 1
         img[lab > 0] += 3
         aff = np.diag([4.4, 0.78, 0.78, 1.0])
         nib.save(nib.Nifti1Image(img, aff), d / "image.nii.gz")
@@ -386,3 +406,17 @@ def test_training_task_smoke_one_step(tmp_path):
     m = record["members"][0]
     assert m["epochs"] == 1 and math.isfinite(m["history"]["loss"][0]) and "val_loss" in m["history"]
     assert (tmp_path / "run" / "member0.npz").is_file()
+
+    from zoo import cli
+    from zoo.entries.spine_vertebrae import EVAL_COLUMNS, VERTEBRAE
+
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "spine_vertebrae", "--data", str(tmp_path), "--weights", str(tmp_path / "run"),
+                     "--option", "n_members=1", "--subject", "case1", "-o", str(out)]) == 0
+    table = pd.read_csv(out / "metrics.csv")
+    assert list(table["subject"]) == ["case1"] and set(EVAL_COLUMNS) <= set(table.columns)
+    body_ml = 4 * 20 * 3 * 4.4 * 0.78 * 0.78 / 1000
+    np.testing.assert_allclose(table[[f"volume_ml_ref_{v}" for v in VERTEBRAE]].to_numpy(), body_ml, rtol=1e-6)
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    ba = summary["agreement"]["bland_altman_volume_ml"]
+    assert ba["n"] + ba["n_nan"] == 6 and summary["summary"]["dsc"]["n"] == 1

@@ -4,7 +4,9 @@ For every subject: predict with the public API (the same path a user takes), sco
 the entry module's ``score(subject, prediction, model) -> {column: value}`` (its columns in
 ``EVAL_COLUMNS``; ``wmh_ensemble`` uses :func:`zoo.metrics.wmh_challenge`), optionally save
 the prediction and a PNG overlay. Per-case rows and the aggregate (mean, SD, median, IQR, n and
-NaN count; ``specs/metrics.md`` §7) are written as CSV and JSON.
+NaN count; ``specs/metrics.md`` §7) are written as CSV and JSON; an entry with an
+``aggregate(table) -> dict`` adds statistics over all cases (e.g. the spine Bland–Altman
+volume agreement) as ``"agreement"``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def evaluate(name: str, subjects: Sequence[Any], out_dir: str | Path, *, variant
     """Predict and score ``subjects`` (adapter records with ``images`` and ``label``).
 
     Returns:
-        ``{"cases": [...], "summary": {metric: summarise(...)}}``, also written to
+        ``{"cases": [...], "summary": {metric: summarise(...)}}`` (plus ``"agreement"`` for
+        entries with an ``aggregate``), also written to
         ``out_dir/metrics.csv`` and ``out_dir/summary.json``.
     """
     import pandas as pd
@@ -63,6 +66,8 @@ def evaluate(name: str, subjects: Sequence[Any], out_dir: str | Path, *, variant
     summary = {c: metrics.summarise(table[c].to_numpy(dtype=float)) for c in cols}
     result = {"entry": name, "variant": model.variant, "weights": model.weights_source,
               "columns": list(cols), "cases": rows, "summary": summary}
+    if hasattr(entry, "aggregate"):
+        result["agreement"] = entry.aggregate(table)
     atomic_write_text(out / "metrics.csv", table.to_csv(index=False))
     atomic_write_text(out / "summary.json", json.dumps(result, indent=2, default=float) + "\n")
     return result

@@ -334,8 +334,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.name, subjects, args.out_dir, variant=args.variant,
                       weights=args.weights or "default", options=options,
                       save_predictions=args.save_predictions, overlays=args.overlays)
+    shown = [c for c in result["columns"] if not c.startswith("volume_ml_")]  # per-level volumes: in the CSV
     for case in result["cases"]:
-        print(case["subject"] + ": " + ", ".join(f"{c} {case[c]:.4f}" for c in result["columns"]))
+        print(case["subject"] + ": " + ", ".join(f"{c} {case[c]:.4f}" for c in shown))
+    for name, stats in result.get("agreement", {}).items():
+        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
     print(f"metrics: {args.out_dir}/metrics.csv, summary: {args.out_dir}/summary.json")
     return 0
 

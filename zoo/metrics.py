@@ -23,6 +23,7 @@ Public functions:
 * :func:`hd_vox_network_grid`: the full symmetric Hausdorff distance in voxels (§4.2, spine).
 * :func:`challenge_rank_scores`: the challenge's normalised rank score (§2.6).
 * :func:`summarise`: mean ± SD and median [IQR] with the NaN count (§7, §8).
+* :func:`bland_altman`: bias and 95 % limits of agreement of paired measurements (volumes).
 * :func:`psnr_db`, :func:`ssim`, :func:`mae`, :func:`synthesis_metrics`: image-synthesis metrics
   (§5) with an explicit data range, optionally inside a brain mask (``*_brain`` names).
 """
@@ -56,6 +57,7 @@ __all__ = [
     "hd_vox_network_grid",
     "challenge_rank_scores",
     "summarise",
+    "bland_altman",
     "psnr_db",
     "ssim",
     "ssim_map",
@@ -697,6 +699,36 @@ def summarise(values: Iterable[float]) -> dict[str, float | int]:
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def bland_altman(reference: Iterable[float], measured: Iterable[float]) -> dict[str, float | int]:
+    """Bland–Altman agreement of paired measurements (Bland & Altman, Lancet 1986;
+    spine spec §11: per-vertebra volumes, expert vs model).
+
+    Differences are ``measured − reference``; pairs with a NaN on either side are dropped
+    and counted. ``bias`` is the mean difference, ``sd`` its sample SD (ddof 1), and the 95 %
+    limits of agreement are ``bias ± 1.96·sd``; ``mean_reference`` is the mean of the
+    reference values of the kept pairs (to read the bias relative to the size).
+
+    Args:
+        reference, measured: equal-length sequences in the same unit (e.g. mL).
+    Returns:
+        ``{"n", "n_nan", "bias", "sd", "loa_lower", "loa_upper", "mean_reference"}``; NaN
+        statistics when no pair (bias) or fewer than two pairs (sd, limits) remain.
+    Raises:
+        MetricError: the sequences differ in length.
+    """
+    r = np.asarray(list(reference), dtype=np.float64)
+    m = np.asarray(list(measured), dtype=np.float64)
+    if r.shape != m.shape:
+        raise errors.MetricError(f"bland_altman: {r.size} reference vs {m.size} measured values")
+    ok = np.isfinite(r) & np.isfinite(m)
+    d = m[ok] - r[ok]
+    bias = float(d.mean()) if d.size else math.nan
+    sd = float(d.std(ddof=1)) if d.size > 1 else math.nan
+    return {"n": int(d.size), "n_nan": int((~ok).sum()), "bias": bias, "sd": sd,
+            "loa_lower": bias - 1.96 * sd, "loa_upper": bias + 1.96 * sd,
+            "mean_reference": float(r[ok].mean()) if d.size else math.nan}
 
 
 def _image_pair(y_true: Any, y_pred: Any, data_range: float, mask: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

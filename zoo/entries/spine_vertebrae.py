@@ -41,9 +41,12 @@ VERTEBRAE = ("Th12", "L1", "L2", "L3", "L4", "L5")
 
 #: Per-case metric columns of ``zoo evaluate`` (specs/metrics.md names): on the input grid
 #: (post-processed) and, as the published numbers (spec §11, D5), on the network grid raw and
-#: post-processed (``*_raw`` = before the component filter); n_bodies = predicted components.
+#: post-processed (``*_raw`` = before the component filter); n_bodies = predicted components;
+#: then per-vertebra volumes (mL) of the reference and the prediction (NaN where the prediction
+#: does not name six separate bodies), for the Bland–Altman analysis of :func:`aggregate`.
 EVAL_COLUMNS = ("dsc", "hd95_mm", "n_bodies", "dsc_network_grid_raw", "dsc_network_grid",
-                "hd_vox_network_grid_raw", "hd_vox_network_grid")
+                "hd_vox_network_grid_raw", "hd_vox_network_grid",
+                *(f"volume_ml_{who}_{v}" for v in VERTEBRAE for who in ("ref", "pred")))
 
 
 def build_member(card: ModelCard, variant: str, member: int, patch_size=None) -> keras.Model:
@@ -199,8 +202,11 @@ def score(subject, pred: Prediction, model) -> dict:
     §4.1). On the network grid (4.4 x 0.78 x 0.78 mm, the reference transformed like the image
     with nearest neighbour, spec §11): DSC and ``hd_vox_network_grid`` (§4.2, voxels, the
     metric of the published Table 1), raw (probability > threshold) and post-processed (the
-    card's component filter on that grid). ``n_bodies`` = predicted bodies. Labels with Th11
-    (``meta["label_rule"]``) are converted with :func:`zoo.training.datasets.th12_l5_mask`.
+    card's component filter on that grid). ``n_bodies`` = predicted bodies. Per-vertebra
+    volumes (mL, input grid): the reference's 26-connected components named like the
+    prediction's (NaN unless six), the prediction's Th12..L5 (NaN unless six separate bodies).
+    Labels with Th11 (``meta["label_rule"]``) are converted with
+    :func:`zoo.training.datasets.th12_l5_mask`.
 
     Raises:
         GridMismatchError: the label's shape differs from the image's.
@@ -224,4 +230,21 @@ def score(subject, pred: Prediction, model) -> dict:
     for suffix, mask in (("_raw", raw), ("", kept)):
         out[f"dsc_network_grid{suffix}"] = metrics.dice(g_net, mask)
         out[f"hd_vox_network_grid{suffix}"] = metrics.hd_vox_network_grid(g_net, mask)
+    _, ref_labels, ref_vols = postprocessing.remove_small_components(g > 0, ref.spacing, connectivity=26)
+    _, ref_names, ref_order = name_vertebrae(ref_labels, ref.affine, ref_vols)
+    ref_ml = {n: ref_vols[old - 1] for n, old in zip(ref_names, ref_order)}
+    for v in VERTEBRAE:
+        out[f"volume_ml_ref_{v}"] = float(ref_ml.get(v, np.nan))
+        out[f"volume_ml_pred_{v}"] = float(pred.volumes_ml.get(v, np.nan))
     return out
+
+
+def aggregate(table) -> dict:
+    """Bland–Altman agreement of the per-vertebra volumes (mL) over all cases and levels of a
+    ``zoo evaluate`` table (spec §11; :func:`zoo.metrics.bland_altman`, model − expert); only
+    the vertebrae the model separated and named take part (``n`` pairs)."""
+    from zoo import metrics
+
+    ref = table[[f"volume_ml_ref_{v}" for v in VERTEBRAE]].to_numpy(dtype=float).ravel()
+    pred = table[[f"volume_ml_pred_{v}" for v in VERTEBRAE]].to_numpy(dtype=float).ravel()
+    return {"bland_altman_volume_ml": metrics.bland_altman(ref, pred)}
