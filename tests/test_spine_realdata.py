@@ -18,9 +18,9 @@ pytestmark = pytest.mark.realdata
 
 CASE = "case02"
 CROP = (slice(8, 70), slice(40, 340), slice(40, 340))
-#: Dice the shipped ensemble must reach on the crop: card 0.2.0 weights reach 0.833 (case02 was
-#: a training case of fold models 0 and 2; the out-of-fold figures are in the card), an untrained
-#: member 0.08 (two seeds: 0.083, 0.078), because it labels all bright tissue.
+#: Dice the shipped ensemble must reach on the crop: card 0.3.0 weights reach 0.880 (0.2.0:
+#: 0.833; case02 was a training case of fold models 0 and 2; the out-of-fold figures are in the
+#: card), an untrained member 0.08 (two seeds: 0.083, 0.078), because it labels all bright tissue.
 DICE_MIN = 0.7
 
 
@@ -102,8 +102,8 @@ def test_cli_predict_writes_the_same(case, shipped, tmp_path):
 def test_score_on_the_network_grid(case, shipped):
     """Spec §11: the published numbers are DSC and the full HD in voxels of the 4.4 x 0.78 x
     0.78 mm network grid. Its DSC differs from the input grid's by resampling and by what the
-    network marks in the zero padding around the 300 mm field of view (0.783 vs 0.833 with
-    card 0.2.0), which the input grid never sees; a wrong label transform would give ~0."""
+    network marks in the zero padding around the 300 mm field of view (0.839 vs 0.880 with
+    card 0.3.0), which the input grid never sees; a wrong label transform would give ~0."""
     from types import SimpleNamespace
 
     from zoo.entries import spine_vertebrae
@@ -125,3 +125,27 @@ def test_score_on_the_network_grid(case, shipped):
     pred_ml = [s[f"volume_ml_pred_{v}"] for v in spine_vertebrae.VERTEBRAE]
     named = "Th12" in pred.volumes_ml
     assert all(np.isfinite(pred_ml)) == named and (named or all(np.isnan(pred_ml)))
+
+
+#: Per-level Dice each named vertebra must reach against the expert's level label on case10
+#: (card 0.3.0: 0.87-0.92; member 0, which never saw case10, also separates its six bodies).
+LEVEL_DICE_MIN = 0.8
+
+
+def test_six_named_vertebrae_on_a_whole_scan(shared_data):
+    """The done-when of the entry: a whole real scan in, the mask and six vertebral volumes
+    Th12..L5 out on the input's grid, each level on the expert's level. case10 was a training
+    case of members 1 and 2 (out-of-fold for member 0, whose own prediction also gave six)."""
+    src = shared_data / "spine_chu" / "case10"
+    pred = zoo.load("spine_vertebrae").predict(str(src / "image.nii.gz"))
+    ref = nib.load(src / "labels.nii.gz")  # 1..7 = T11..L5
+    levels = np.asarray(ref.dataobj)
+    per = np.asarray(pred.images["vertebrae"].dataobj)
+    assert per.shape == levels.shape and np.array_equal(pred.images["vertebrae"].affine, ref.affine)
+    names = [k for k in pred.volumes_ml if k != "vertebral_bodies"]
+    assert names == ["Th12", "L1", "L2", "L3", "L4", "L5"], pred.qc["flags"]
+    voxel_ml = float(np.prod(ref.header.get_zooms()[:3])) / 1000
+    for i, name in enumerate(names, start=1):
+        assert pred.volumes_ml[name] == pytest.approx((per == i).sum() * voxel_ml, rel=1e-6)
+        dsc = metrics.dice(levels == i + 1, per == i)
+        assert dsc >= LEVEL_DICE_MIN, f"{name}: Dice {dsc:.3f} against the expert's {name}"
