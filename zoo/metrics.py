@@ -171,6 +171,18 @@ def _boundary(x: np.ndarray, structure: np.ndarray, outside: int = 1) -> np.ndar
     return out
 
 
+def _surface_distances(bg: np.ndarray, bp: np.ndarray,
+                       spacing: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Directed distances ``(d_P, d_G)``: from every boundary voxel of P to the nearest of G and
+    back, by an exact Euclidean distance transform (``spacing`` in mm, or voxel units when
+    None). All boundary voxels lie in their joint bounding box, so the transform on the crop
+    is exact."""
+    box = _crop(bg | bp, margin=0)
+    bg, bp = bg[box], bp[box]
+    return (ndi.distance_transform_edt(~bg, sampling=spacing)[bp],
+            ndi.distance_transform_edt(~bp, sampling=spacing)[bg])
+
+
 def _points_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """World coordinates (mm, shape ``(N, 3)``) of the voxel centres in ``mask``."""
     ijk = np.argwhere(mask).astype(np.float64)
@@ -433,11 +445,7 @@ def hd95_mm(g: Any, p: Any, affine_or_spacing: Any, empty_policy: str = "zoo") -
     bg, bp = _boundary(g, _CROSS_6), _boundary(p, _CROSS_6)
     if _boundary_empty(bg, bp, empty_policy, "hd95_mm"):
         return math.nan
-    # All boundary voxels lie in this box, so the distance transform on the crop is exact.
-    box = _crop(bg | bp, margin=0)
-    bg, bp = bg[box], bp[box]
-    d_p = ndi.distance_transform_edt(~bg, sampling=spacing)[bp]
-    d_g = ndi.distance_transform_edt(~bp, sampling=spacing)[bg]
+    d_p, d_g = _surface_distances(bg, bp, spacing)
     return float(max(np.percentile(d_p, 95), np.percentile(d_g, 95)))
 
 
@@ -469,10 +477,7 @@ def hd_vox_network_grid(g: Any, p: Any, empty_policy: str = "zoo") -> float:
     if special is not None:
         return special
     bg, bp = _boundary(g, _CROSS_6, outside=0), _boundary(p, _CROSS_6, outside=0)
-    box = _crop(bg | bp, margin=0)
-    bg, bp = bg[box], bp[box]
-    d_p = ndi.distance_transform_edt(~bg)[bp]
-    d_g = ndi.distance_transform_edt(~bp)[bg]
+    d_p, d_g = _surface_distances(bg, bp)
     return float(max(d_p.max(), d_g.max()))
 
 

@@ -108,6 +108,16 @@ def merged_components(volumes_ml: Sequence[float]) -> list[int]:
     return [i for i, v in enumerate(volumes_ml) if v > 2.0 * mean]
 
 
+def filter_components(card: ModelCard, mask: np.ndarray, spacing_mm) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """The card's component filter (spec §10.1, D3) on ``mask`` ``(I, J, K)`` of a grid with
+    voxel ``spacing_mm``: :func:`zoo.postprocessing.remove_small_components` with
+    ``min_component_ml`` / ``min_component_vox`` and the card's connectivity."""
+    post = card["postprocessing"]
+    return postprocessing.remove_small_components(
+        mask, spacing_mm, min_ml=post.get("min_component_ml"), min_voxels=post.get("min_component_vox"),
+        connectivity=int(post.get("connectivity", 6)))
+
+
 def name_vertebrae(labels: np.ndarray, affine: np.ndarray,
                    volumes_ml: Sequence[float] | None = None) -> tuple[np.ndarray, list[str], list[int]]:
     """Number the components of ``labels`` (1..n) as vertebrae from superior to inferior.
@@ -165,9 +175,7 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
     prob_native = pipe.invert(prob, state, order=1, fill_value=0.0).astype(np.float32)
     raw = postprocessing.binarise(prob_native, float(card["inference"]["threshold"]))
     post = card["postprocessing"]
-    mask, labels, vols = postprocessing.remove_small_components(
-        raw, ref.spacing, min_ml=post.get("min_component_ml"), min_voxels=post.get("min_component_vox"),
-        connectivity=int(post.get("connectivity", 6)))
+    mask, labels, vols = filter_components(card, raw, ref.spacing)
     vertebrae, names, order = name_vertebrae(labels, ref.affine, vols)
     volumes_ml = {"vertebral_bodies": postprocessing.volume_ml(mask, ref.spacing)}
     volumes_ml.update({name: vols[old - 1] for name, old in zip(names, order)})
@@ -223,10 +231,7 @@ def score(subject, pred: Prediction, model) -> dict:
     card, state = model.card, pred.network_grid["state"]
     g_net = pipeline(card).apply_label((g > 0).astype(np.uint8), state) > 0
     raw = pred.network_grid["probability"] > float(card["inference"]["threshold"])
-    post = card["postprocessing"]
-    kept = postprocessing.remove_small_components(
-        raw, state.spacing, min_ml=post.get("min_component_ml"), min_voxels=post.get("min_component_vox"),
-        connectivity=int(post.get("connectivity", 6)))[0] > 0
+    kept = filter_components(card, raw, state.spacing)[0] > 0
     for suffix, mask in (("_raw", raw), ("", kept)):
         out[f"dsc_network_grid{suffix}"] = metrics.dice(g_net, mask)
         out[f"hd_vox_network_grid{suffix}"] = metrics.hd_vox_network_grid(g_net, mask)
