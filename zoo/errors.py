@@ -38,6 +38,11 @@ class ConstantImageError(InputError):
     """An image (or its brain mask) is constant, so it cannot be normalised."""
 
 
+class NoHeadError(InputError):
+    """A volume that should show a head (``skull_stripping``) has no foreground, or the brain
+    mask found in it is empty or implausibly small."""
+
+
 class GeometryError(InputError):
     """Voxel spacing or orientation is unusable: zero/negative spacing, non-orthogonal affine."""
 

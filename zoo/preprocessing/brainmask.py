@@ -48,14 +48,14 @@ def nonzero_mask(array: np.ndarray) -> np.ndarray:
     return np.asarray(array) != 0
 
 
-def otsu_mask(array: np.ndarray, erode_voxels: int = 6) -> np.ndarray:
-    """Approximate brain mask of a scan that is not skull-stripped (zoo addition, not in the
-    paper): Otsu threshold of the whole volume (SimpleITK), its largest 3D connected component,
-    holes filled per slice, then an in-plane erosion by ``erode_voxels`` voxels that strips most
-    of the scalp and skull rim (6 voxels = 6 mm on the card's 1 mm in-plane grid).
+def head_mask(array: np.ndarray) -> np.ndarray:
+    """The head (foreground) of an MRI volume: Otsu threshold of the whole volume
+    (SimpleITK), its largest 3D connected component, holes filled per slice k.
 
-    It is not a skull stripping: it only keeps the z-score statistics from being dominated by
-    the scalp, as they are with the non-zero mask of a raw scan. Returns a boolean ``(I, J, K)``.
+    Args:
+        array: ``(I, J, K)`` intensities in any unit.
+    Returns:
+        Boolean ``(I, J, K)``; all False for a constant volume.
     """
     import SimpleITK as sitk
 
@@ -68,8 +68,21 @@ def otsu_mask(array: np.ndarray, erode_voxels: int = 6) -> np.ndarray:
     if n == 0:
         return mask
     mask = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-    mask = fill_holes_per_slice(mask)
-    if erode_voxels > 0:
+    return fill_holes_per_slice(mask)
+
+
+def otsu_mask(array: np.ndarray, erode_voxels: int = 6) -> np.ndarray:
+    """Approximate brain mask of a scan that is not skull-stripped (zoo addition, not in the
+    paper): the :func:`head_mask` (Otsu threshold, largest 3D connected component, holes
+    filled per slice), then an in-plane erosion by ``erode_voxels`` voxels that strips most
+    of the scalp and skull rim (6 voxels = 6 mm on the card's 1 mm in-plane grid).
+
+    It is not a skull stripping (``mask_method=skull_stripping`` is): it only keeps the z-score
+    statistics from being dominated by the scalp, as they are with the non-zero mask of a raw
+    scan. Returns a boolean ``(I, J, K)``.
+    """
+    mask = head_mask(array)
+    if erode_voxels > 0 and mask.any():
         disk = np.ones((2 * erode_voxels + 1, 2 * erode_voxels + 1, 1), dtype=bool)
         mask = ndimage.binary_erosion(mask, structure=disk)
     return mask

@@ -98,3 +98,30 @@ class CenterCropPadND:
         src, dst = self._regions()
         out[src] = array[dst]
         return out
+
+
+@dataclass(frozen=True)
+class AnchoredCropPadND(CenterCropPadND):
+    """Crop or pad the leading axes of an array to ``size`` from explicit start indices: output
+    voxel 0 of axis ``a`` is input voxel ``start[a]`` (negative = padding before, beyond the
+    end = padding after). Same interface and exact inverse as :class:`CenterCropPadND`; a
+    ``start`` of ``None`` keeps that axis centred.
+
+    Used by ``skull_stripping`` to place a fixed 160 x 160 x 92 window on the head rather than
+    on the centre of the field of view (:meth:`VolumePipeline.apply`, ``anchor: head_top``).
+    """
+
+    start: tuple[int | None, ...] = ()
+
+    def _regions(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        centred = super()._regions()
+        src, dst = list(centred[0]), list(centred[1])
+        for axis, (s, t) in enumerate(zip(self.in_size, self.out_size)):
+            st = self.start[axis] if axis < len(self.start) else None
+            if st is None:
+                continue
+            lo, hi = max(int(st), 0), min(int(st) + t, s)
+            hi = max(hi, lo)
+            src[axis] = slice(lo, hi)
+            dst[axis] = slice(lo - int(st), hi - int(st))
+        return tuple(src), tuple(dst)

@@ -5,9 +5,10 @@ volume -> the network grid, and network-grid outputs -> the input's own grid.
     -> reorient (permutation/flips only)          e.g. RAS+: (X: L->R, Y: P->A, Z: I->S)
     -> resample to the card's spacing in mm       linear (labels: nearest); skipped within tolerance
     -> z-score over all voxels                    before crop/pad (spec spine_vertebrae.md §2, §4)
-    -> centred crop/pad to the card's size        pad value from the card (0)
+    -> crop/pad to the card's size                pad value from the card (0)
        (``large_inputs: sliding_window`` pads only, so a larger volume keeps its extent and is
-       tiled by :func:`zoo.inference.sliding_window.sliding_window`)
+       tiled by :func:`zoo.inference.sliding_window.sliding_window`); centred, or with
+       ``anchor: head_top`` placed on the head found in the image (``skull_stripping``)
 
 :meth:`VolumePipeline.invert` applies the exact inverse chain in reverse order (crop/pad
 inverse, resampling back to the reoriented input grid, inverse reorientation), so outputs come
@@ -17,19 +18,23 @@ back on the input's shape, affine and header. The numbers come from the card's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from zoo import errors
 from zoo.io import Volume
-from zoo.preprocessing.cropping import CenterCropPadND
+from zoo.preprocessing.brainmask import head_mask
+from zoo.preprocessing.cropping import AnchoredCropPadND, CenterCropPadND
 from zoo.preprocessing.intensity import zscore
 from zoo.preprocessing.orientation import Reorientation
 from zoo.preprocessing.resampling import Resampling
 
 LARGE_INPUTS = ("sliding_window", "crop")
+#: Where a crop/pad window sits: the centre of the resampled grid, or on the head (in-plane
+#: centre of the head's bounding box, top ``margin_vox`` voxels above the vertex).
+ANCHORS = ("centre", "head_top")
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ class VolumePipeline:
     Args:
         steps: the card's ``preprocessing.steps`` (records with ``step`` = ``reorient``
             (``codes``), ``resample`` (``spacing_mm``, ``tolerance_mm``), ``zscore``
-            (``region: all``), ``crop_pad`` (``size``, ``pad_value``, ``large_inputs``)).
+            (``region: all | head``: all voxels or the Otsu head), ``crop_pad`` (``size``, ``pad_value``, ``large_inputs``,
+            ``anchor`` centre | head_top, ``margin_vox``)).
         large_inputs: override the card's ``crop_pad.large_inputs`` (``"sliding_window"``
             pads only; ``"crop"`` crops to ``size`` as the authors' code).
     Raises:
@@ -86,6 +92,8 @@ class VolumePipeline:
         self.size: tuple[int, ...] | None = None
         self.pad_value = 0.0
         self.large_inputs = "sliding_window"
+        self.anchor, self.margin_vox = "centre", 4
+        self.zscore_region = "all"
         for s in steps:
             kind = s["step"]
             if kind == "reorient":
@@ -94,19 +102,28 @@ class VolumePipeline:
                 self.spacing = tuple(float(v) for v in s["spacing_mm"])
                 self.tolerance = float(s.get("tolerance_mm", 1e-3))
             elif kind == "zscore":
-                if s.get("region", "all") != "all":
-                    raise errors.CardError(f"volume pipeline: zscore region {s.get('region')!r} is not 'all'")
+                if s.get("region", "all") not in ("all", "head"):
+                    raise errors.CardError(f"volume pipeline: zscore region {s.get('region')!r} is not 'all' or 'head'")
                 self.normalise = True
+                self.zscore_region = str(s.get("region", "all"))
             elif kind == "crop_pad":
                 self.size = tuple(int(v) for v in s["size"])
                 self.pad_value = float(s.get("pad_value", 0.0))
                 self.large_inputs = str(s.get("large_inputs", "sliding_window"))
+                self.anchor = str(s.get("anchor", "centre"))
+                self.margin_vox = int(s.get("margin_vox", 4))
             else:
                 raise errors.CardError(f"volume pipeline: unknown preprocessing step {kind!r}")
         if large_inputs is not None:
             self.large_inputs = large_inputs
         if self.large_inputs not in LARGE_INPUTS:
             raise errors.CardError(f"large_inputs must be one of {LARGE_INPUTS}; got {self.large_inputs!r}")
+        if self.anchor not in ANCHORS:
+            raise errors.CardError(f"crop_pad anchor must be one of {ANCHORS}; got {self.anchor!r}")
+        if self.anchor == "head_top" and (self.codes is None or "S" not in self.codes or self.size is None
+                                          or self.large_inputs != "crop"):
+            raise errors.CardError("crop_pad anchor head_top needs reorient codes with S, a size and "
+                                   "large_inputs crop")
 
     # --- forward -------------------------------------------------------------------------------
     def state(self, vol: Volume) -> VolumeState:
@@ -142,9 +159,37 @@ class VolumePipeline:
         x = st.reorientation.forward(np.asarray(vol.array, dtype=np.float32))
         if st.resampling is not None:
             x = st.resampling.forward(x, order=1)
+        head = head_mask(x) if "head" in (self.anchor, self.zscore_region) else None
+        if self.anchor == "head_top":
+            st = replace(st, crop=AnchoredCropPadND(st.crop.in_size, st.crop.size, self.head_start(head, vol)))
         if self.normalise:
-            x = zscore(x, source=vol.source)
+            x = zscore(x, head if self.zscore_region == "head" else None, source=vol.source)
         return st.crop.forward(np.asarray(x, np.float32), self.pad_value), st
+
+    def head_start(self, head: np.ndarray, vol: Volume) -> tuple[int, ...]:
+        """Start indices of the window on the resampled grid (card axis order) for
+        ``anchor: head_top``, from ``head``, the
+        :func:`~zoo.preprocessing.brainmask.head_mask` of the resampled image; on each axis but S the window is centred on the head's bounding box; along S its top lies
+        ``margin_vox`` voxels above the highest head voxel (the vertex), so a window shorter than
+        the head keeps the brain and drops the neck.
+
+        Raises:
+            NoHeadError: no foreground was found (e.g. an empty or constant volume).
+        """
+        if not head.any():
+            raise errors.NoHeadError(
+                f"{vol.source or 'input'}: no head found (the Otsu foreground is empty); expected a head "
+                "or brain MRI volume")
+        axis_s = self.codes.index("S")
+        start = []
+        for axis, t in enumerate(self.size):
+            idx = np.nonzero(head.any(axis=tuple(a for a in range(head.ndim) if a != axis)))[0]
+            lo, hi = int(idx[0]), int(idx[-1])
+            if axis == axis_s:
+                start.append(hi + self.margin_vox + 1 - t)
+            else:
+                start.append(int(np.floor((lo + hi + 1) / 2.0 - t / 2.0)))
+        return tuple(start)
 
     def apply_label(self, label: np.ndarray, state: VolumeState) -> np.ndarray:
         """A label map on the input grid ``(I, J, K)`` -> the network array (nearest
