@@ -434,6 +434,49 @@ def spine_chu(root: str | Path, **kwargs) -> list[Subject]:
     return out
 
 
+def heads(root: str | Path, contrasts: Sequence[str] | None = None) -> list[Subject]:
+    """Raw head MRIs with silver-standard brain masks (``shared/data/heads``, ``data/README.md``):
+    the ``skull_stripping`` training data.
+
+    Layout: ``<root>/cases.csv`` (columns ``case, subject, source, contrast, ...``) and
+    ``<root>/<case>/{image,brain_mask}.nii.gz``. One record per **case** (one contrast of one
+    scan): input ``image``, label ``brain_mask.nii.gz``; ``meta`` holds ``subject`` (the person:
+    contrasts of one person are separate cases, so split with :func:`kfold_grouped` by
+    ``meta["subject"]``), ``contrast`` (T1w, T2w, FLAIR) and ``label_values``. ``site`` is the
+    source prefix of the case name (``openms``, ``bashiri``, ...).
+
+    Args:
+        root: the ``heads`` folder.
+        contrasts: keep only these contrasts (``None``: all).
+    Raises:
+        InputNotFoundError: ``root`` or ``cases.csv`` or a case file is missing.
+        InputError: ``cases.csv`` lacks the ``case``/``subject``/``contrast`` columns.
+    """
+    import pandas as pd
+
+    root = _existing_dir(root, "heads dataset", "<root>/cases.csv + <root>/<case>/{image,brain_mask}.nii.gz")
+    table_path = root / "cases.csv"
+    if not table_path.is_file():
+        raise errors.InputNotFoundError(f"{table_path} not found; the heads layout needs cases.csv")
+    table = pd.read_csv(table_path, dtype=str)
+    missing = {"case", "subject", "contrast"} - set(table.columns)
+    if missing:
+        raise errors.InputError(f"{table_path}: missing columns {sorted(missing)}")
+    out = []
+    for row in table.itertuples(index=False):
+        if contrasts is not None and row.contrast not in contrasts:
+            continue
+        case_dir = root / row.case
+        image, label = case_dir / "image.nii.gz", case_dir / "brain_mask.nii.gz"
+        for f in (image, label):
+            if not f.is_file():
+                raise errors.InputNotFoundError(f"case {row.case}: {f} not found (heads layout)")
+        out.append(Subject(id=row.case, images={"image": image}, label=label, site=row.case.split("_")[0],
+                           meta={"subject": row.subject, "contrast": row.contrast,
+                                 "label_values": {1: "brain"}}))
+    return _finish(out, f"heads dataset {root}", "<root>/<case>/{image,brain_mask}.nii.gz")
+
+
 # --- splits --------------------------------------------------------------------------------
 def _stratum(subject: Subject, by: StratifyBy) -> Any:
     if by is None:
@@ -505,6 +548,34 @@ def kfold(subjects: Sequence[Subject], k: int, seed: int = 0,
             i += 1
     return [(_in_order(subjects, {s.id for s in subjects} - ids), _in_order(subjects, ids))
             for ids in val_ids]
+
+
+def kfold_grouped(subjects: Sequence[Subject], k: int, seed: int = 0, group: str = "subject",
+                  stratify_by: StratifyBy = "site") -> list[Split]:
+    """K-fold cross-validation with every group (a person's scans: ``meta[group]``) in one fold.
+
+    The groups are split with :func:`kfold` (one stand-in record per group, stratified by the
+    ``stratify_by`` value of its first record, same seed rule), then expanded back to their
+    records, so no person is in the training and the validation part of one fold (e.g. the
+    T1w, T2w and FLAIR cases of one subject of ``heads``).
+
+    Returns:
+        ``k`` pairs ``(train, val)`` of the records, input order kept.
+    Raises:
+        ValueError: fewer groups than ``k``; a record without ``meta[group]``.
+    """
+    subjects = list(subjects)
+    members: dict[str, list[Subject]] = {}
+    for s in subjects:
+        if group not in s.meta:
+            raise ValueError(f"kfold_grouped: subject {s.id} has no meta[{group!r}]")
+        members.setdefault(str(s.meta[group]), []).append(s)
+    stand_ins = [replace(recs[0], id=gid, meta={**recs[0].meta}) for gid, recs in members.items()]
+    folds = []
+    for _, val_groups in kfold(stand_ins, k, seed, stratify_by):
+        val_ids = {s.id for g in val_groups for s in members[g.id]}
+        folds.append((_in_order(subjects, {s.id for s in subjects} - val_ids), _in_order(subjects, val_ids)))
+    return folds
 
 
 def holdout(subjects: Sequence[Subject], n_val: int, seed: int = 0,

@@ -183,3 +183,42 @@ class SoftmaxDiceLoss(SoftDiceLoss):
 
     def call(self, y_true, y_pred):
         return super().call(y_true, tf.nn.softmax(tf.cast(y_pred, tf.float32), axis=-1))
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class SoftJaccardLoss(keras.losses.Loss):
+    """Soft Jaccard (intersection over union) loss of ``skull_stripping`` (Kaliyugarasan et al.
+    2020, Table 1: "based on the Jaccard index"; MONAI ``DiceLoss(jaccard=True)`` form).
+
+    With the foreground probability ``p`` (softmax of 2-channel logits, or the single channel)
+    and the binary reference ``g``, per sample ``b`` (sums over the spatial axes)::
+
+        J_b = (Σ p·g + s) / (Σ p + Σ g − Σ p·g + s)        L = mean_b (1 − J_b),   s = 1e-5
+
+    Args:
+        smooth: ``s`` above.
+        from_logits: ``y_pred`` are logits (softmax over the channel axis, in float32).
+    ``y_true``: integer labels ``(B, ..., 1)`` in {0, 1} or one-hot ``(B, ..., 2)``. Returns a
+    float32 scalar.
+    """
+
+    def __init__(self, smooth: float = 1e-5, from_logits: bool = True, name: str = "soft_jaccard_loss",
+                 reduction: str | None = "sum_over_batch_size", dtype: Any = None) -> None:
+        super().__init__(name=name, reduction=reduction, dtype="float32")
+        self.smooth, self.from_logits = float(smooth), bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        p = tf.cast(y_pred, tf.float32)
+        if self.from_logits:
+            p = tf.nn.softmax(p, axis=-1) if p.shape[-1] > 1 else tf.sigmoid(p)
+        p = _foreground(p, "y_pred")
+        g = _foreground(_one_hot(y_true, tf.concat([1.0 - p, p], axis=-1)), "y_true")
+        axes = list(range(1, p.shape.rank))
+        inter = tf.reduce_sum(p * g, axis=axes)
+        union = tf.reduce_sum(p, axis=axes) + tf.reduce_sum(g, axis=axes) - inter
+        return tf.reduce_mean(1.0 - (inter + self.smooth) / (union + self.smooth))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"smooth": self.smooth, "from_logits": self.from_logits})
+        return config

@@ -28,6 +28,8 @@ def detect_layout(data: Path) -> str:
         return "csv"
     if not data.is_dir():
         raise errors.InputNotFoundError(f"training data not found: {data}")
+    if (data / "cases.csv").is_file() and any(data.glob("*/brain_mask.nii.gz")):
+        return "heads"
     if any(data.glob("*/*/wmh.nii.gz")):
         return "wmh_challenge"
     if any(data.glob("*/lesion.nii.gz")) and any(data.glob("*/flair.nii.gz")):
@@ -57,6 +59,8 @@ def load_subjects(data: Path, layout: str, inputs: Sequence[str]) -> list:
         return datasets.wmh_challenge(data, inputs=tuple(inputs))
     if layout == "open_ms":
         return datasets.open_ms(data, tuple(inputs))
+    if layout == "heads":
+        return datasets.heads(data)
     if layout == "spine_chu":
         return datasets.spine_chu(data)
     if layout == "lidc_voi":

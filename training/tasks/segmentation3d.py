@@ -30,7 +30,7 @@ from zoo.card import ModelCard
 from zoo.io import read_volume
 from zoo.training.augment3d import augment3d
 from zoo.training.datasets import th12_l5_mask
-from zoo.training.losses import FocalTverskyLoss, SoftmaxDiceLoss
+from zoo.training.losses import FocalTverskyLoss, SoftJaccardLoss, SoftmaxDiceLoss
 from zoo.training.optim import make_optimizer
 from zoo.training.tasks import Prepared
 
@@ -63,17 +63,24 @@ def _entry(card: ModelCard):
 
 def build_volumes(subjects: Sequence[Any], card: ModelCard, variant: str) -> VolumeSet:
     """Read and preprocess ``subjects`` with the entry's own pipeline (``entry.pipeline``),
-    padded but never cropped (``large_inputs="sliding_window"``), so random patches can come
-    from the whole resampled volume; labels through :func:`th12_l5_mask` (the subject's
-    ``meta["label_rule"]``), nearest."""
-    pipe = _entry(card).pipeline(card, variant, large_inputs="sliding_window")
+    padded but never cropped (``large_inputs="sliding_window"``) unless the entry's
+    ``TRAIN_LARGE_INPUTS`` says otherwise, so random patches can come from the whole resampled
+    volume; labels through the entry's ``training_label(label, affine, subject)`` when it has
+    one, else :func:`th12_l5_mask` (the subject's ``meta["label_rule"]``), nearest. The input is
+    the variant's first input, or the subject's only image when the names differ."""
+    entry = _entry(card)
+    pipe = entry.pipeline(card, variant, large_inputs=getattr(entry, "TRAIN_LARGE_INPUTS", "sliding_window"))
     name = card.variant(variant)["inputs"][0]
     images, labels, spacing = [], [], None
     for s in subjects:
-        vol = read_volume(str(s.images[name]), name)
+        path = s.images[name] if name in s.images or len(s.images) != 1 else next(iter(s.images.values()))
+        vol = read_volume(str(path), name)
         x, state = pipe.apply(vol)
         lab = read_volume(str(s.label), "label")
-        mask, _ = th12_l5_mask(lab.array, lab.affine, s.meta.get("label_rule"))
+        if hasattr(entry, "training_label"):
+            mask = entry.training_label(lab.array, lab.affine, s)
+        else:
+            mask, _ = th12_l5_mask(lab.array, lab.affine, s.meta.get("label_rule"))
         images.append(x)
         labels.append(pipe.apply_label(mask, state))
         spacing = state.spacing
@@ -102,15 +109,18 @@ def total_steps(recipe: Mapping[str, Any]) -> int:
 
 
 def make_loss(spec: Mapping[str, Any]) -> keras.losses.Loss:
-    """The recipe's ``loss`` block: ``focal_tversky`` (alpha, beta, gamma, mode) or ``dice``
-    (SoftDiceLoss on softmax(logits), ``smooth``). Raises ValueError for another name."""
+    """The recipe's ``loss`` block: ``focal_tversky`` (alpha, beta, gamma, mode), ``dice``
+    (SoftDiceLoss on softmax(logits), ``smooth``) or ``jaccard`` (:class:`SoftJaccardLoss`).
+    Raises ValueError for another name."""
     name = spec["name"]
     if name == "focal_tversky":
         return FocalTverskyLoss(alpha=float(spec.get("alpha", 0.5)), beta=float(spec.get("beta", 0.99)),
                                 gamma=float(spec.get("gamma", 2.0)), mode=spec.get("mode", "code"))
     if name == "dice":
         return SoftmaxDiceLoss(smooth=float(spec.get("smooth", 1.0)), reduction_mode=spec.get("reduction", "batch"))
-    raise ValueError(f"unknown segmentation3d loss {name!r}; use focal_tversky or dice")
+    if name == "jaccard":
+        return SoftJaccardLoss(smooth=float(spec.get("smooth", 1e-5)))
+    raise ValueError(f"unknown segmentation3d loss {name!r}; use focal_tversky, dice or jaccard")
 
 
 def build(card: ModelCard, variant: str, recipe: Mapping[str, Any], member: int, seed: int, *,
@@ -124,7 +134,7 @@ def build(card: ModelCard, variant: str, recipe: Mapping[str, Any], member: int,
         weights_mod.load_weights(net, init_weights)
     freeze_layers(net, freeze)
     schedule = recipe.get("schedule")
-    if isinstance(schedule, Mapping) and schedule.get("name") == "flat_cos":
+    if isinstance(schedule, Mapping) and schedule.get("name") in ("flat_cos", "one_cycle"):
         schedule = {**schedule, "total_steps": schedule.get("total_steps") or total_steps(recipe)}
     net.compile(optimizer=make_optimizer(recipe["optimizer"], schedule), loss=make_loss(recipe["loss"]))
     return net, net

@@ -1,0 +1,145 @@
+"""K-fold cross-validation of a segmentation entry as one resumable command: split by subject
+(grouped by person where the dataset has several scans per person), train one model per fold on
+the other folds, score the held-out fold with the entry's own ``score``, pool the out-of-fold
+cases, then optionally train the final model on every subject.
+
+    python -m zoo.training.crossval skull_stripping --data ../shared/data/heads --k 5 \\
+        --group subject --epochs 8 --steps-per-epoch 10 --batch-size 2 --out runs/ss-cv [--final]
+
+Output under ``--out``: ``manifest.json`` (the folds' subject IDs), ``fold{i}/`` (the run:
+``member0.npz``, logs, checkpoints), ``fold{i}/eval/metrics.csv``, ``metrics.csv`` (every
+out-of-fold case with its fold and ``group_by`` column, e.g. the contrast), ``summary.json``
+(mean, sd, median, min, max per metric, pooled and per ``group_by`` value) and, with
+``--final``, ``final/member0.npz``. A fold whose ``eval/metrics.csv`` exists is skipped, an
+interrupted training resumes (BackupAndRestore), so the same command continues a campaign.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+
+def folds_for(subjects: Sequence[Any], k: int, seed: int, group: str | None):
+    """``k`` (train, val) splits: :func:`~zoo.training.datasets.kfold_grouped` when ``group``
+    names a ``meta`` key every subject has, else :func:`~zoo.training.datasets.kfold`."""
+    from zoo.training import datasets
+
+    if group:
+        return datasets.kfold_grouped(subjects, k, seed, group=group)
+    return datasets.kfold(subjects, k, seed)
+
+
+def summarise(table, metrics: Sequence[str], by: str | None) -> dict[str, Any]:
+    """Mean, sd (ddof 1), median, min, max and n of each metric, pooled and per value of ``by``."""
+    def stats(frame) -> dict[str, Any]:
+        out = {}
+        for m in metrics:
+            v = frame[m].astype(float).dropna()
+            out[m] = {"mean": float(v.mean()) if len(v) else None, "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+                      "median": float(v.median()) if len(v) else None, "min": float(v.min()) if len(v) else None,
+                      "max": float(v.max()) if len(v) else None, "n": int(len(v))}
+        return out
+
+    result = {"pooled": stats(table)}
+    if by and by in table:
+        result[f"by_{by}"] = {str(key): stats(part) for key, part in table.groupby(by)}
+    return result
+
+
+def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int = 0, group: str | None = None,
+        group_by: str | None = None, final: bool = False, train_kwargs: dict | None = None) -> dict[str, Any]:
+    """Run (or continue) the cross-validation of entry ``name`` on ``data`` (module docstring).
+
+    Args:
+        name: a registered entry with ``score`` and ``EVAL_COLUMNS``.
+        data: the dataset folder (layout auto-detected, :func:`zoo.training.run.detect_layout`).
+        out: the campaign folder.
+        k, seed: folds and the split seed.
+        group: ``meta`` key that keeps a person's scans in one fold (``"subject"`` for heads).
+        group_by: ``meta`` key reported separately in the summary (``"contrast"``).
+        final: also train the final model on every subject into ``out/final``.
+        train_kwargs: passed to :func:`zoo.training.run.train_entry` (epochs, steps_per_epoch,
+            batch_size, recipe_set, ...).
+    Returns:
+        The summary (also ``out/summary.json``).
+    """
+    import pandas as pd
+
+    from zoo import registry
+    from zoo.training import datasets
+    from zoo.training.evaluate import evaluate
+    from zoo.training.run import detect_layout, load_subjects, train_entry
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    card = registry.card(name)
+    variant = card["default_variant"]
+    subjects = load_subjects(Path(data), detect_layout(Path(data)), card.variant(variant)["inputs"])
+    splits = folds_for(subjects, k, seed, group)
+    datasets.write_manifest(out / "manifest.json", splits)
+    kwargs = dict(train_kwargs or {})
+    tables = []
+    for i, (train_part, val_part) in enumerate(splits):
+        fold = out / f"fold{i}"
+        metrics_csv = fold / "eval" / "metrics.csv"
+        if not metrics_csv.is_file():
+            log.info("fold %d: training on %d, holding out %d", i, len(train_part), len(val_part))
+            train_entry(name, data, out_dir=fold, val_ids=[s.id for s in val_part], **kwargs)
+            evaluate(name, val_part, fold / "eval", weights=str(fold / "member0.npz"))
+        table = pd.read_csv(metrics_csv)
+        table.insert(0, "fold", i)
+        if group_by:
+            meta = {s.id: s.meta.get(group_by) for s in val_part}
+            table.insert(2, group_by, table["subject"].map(meta))
+        tables.append(table)
+    pooled = pd.concat(tables, ignore_index=True)
+    pooled.to_csv(out / "metrics.csv", index=False)
+    import importlib
+
+    metrics = list(importlib.import_module(registry.ENTRIES[name]).EVAL_COLUMNS)
+    summary = {"entry": name, "k": k, "seed": seed, "group": group, "n_cases": int(len(pooled)),
+               **summarise(pooled, metrics, group_by)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if final and not (out / "final" / "member0.npz").is_file():
+        train_entry(name, data, out_dir=out / "final", **kwargs)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from zoo.training.recipe import dotted_overrides  # noqa: F401  (validates --set like zoo train)
+
+    p = argparse.ArgumentParser(prog="python -m zoo.training.crossval", description=__doc__.split("\n\n")[0])
+    p.add_argument("name")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group", default=None, help="meta key grouping one person's scans (heads: subject)")
+    p.add_argument("--group-by", default=None, help="meta key reported separately (heads: contrast)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--mixed-precision", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--final", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import yaml
+
+    recipe_set = {kv.split("=", 1)[0]: yaml.safe_load(kv.split("=", 1)[1]) for kv in args.set}
+    kwargs = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
+              "mixed_precision": args.mixed_precision, "recipe_set": recipe_set or None, "verbose": 2}
+    summary = run(args.name, args.data, args.out, k=args.k, seed=args.seed, group=args.group,
+                  group_by=args.group_by, final=args.final, train_kwargs=kwargs)
+    print(json.dumps(summary["pooled"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
