@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 #: Entry id -> module implementing ``build_members(card, variant)`` and ``predict(model, volumes)``.
 ENTRIES: dict[str, str] = {
+    "skull_stripping": "zoo.entries.skull_stripping",
     "diamondgan": "zoo.entries.diamondgan",
     "wmh_ensemble": "zoo.entries.wmh_ensemble",
     "lung_nodule": "zoo.entries.lung_nodule",
