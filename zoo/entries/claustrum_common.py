@@ -144,9 +144,12 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False,
     vols["claustrum"] = vols["claustrum_left"] + vols["claustrum_right"]
     timing["invert"] = time.perf_counter() - t0
     qc = {"views": qc_views, "midline_x_mm": round(midline, 2),
-          "brain_mask_source": "given" if MASK_INPUT in volumes else "threshold",
+          "brain_mask_source": "given" if MASK_INPUT in volumes else
+          (card.step("brain_mask") or {}).get("method", "threshold"),
           "untrained_weights": model.weights_source is None,
           "flags": qc_flags(post.get("qc", {}), vols, age_weeks)}
+    if state.mask_record:
+        qc["skull_stripping"] = state.mask_record
     if age_weeks is not None:
         qc["age_weeks"] = float(age_weeks)
     return Prediction(

@@ -128,7 +128,8 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
             "brain_mask_ml": {k: postprocessing.volume_ml(m, ref.spacing) if state.resampling is None
                               else None for k, m in state.masks.items()},
             "brain_mask_source": "given" if MASK_INPUT in volumes else
-            (card.step("brain_mask") or {}).get("method")},
+            (card.step("brain_mask") or {}).get("method"),
+            **({"skull_stripping": state.mask_record} if state.mask_record else {})},
         timing_s=timing,
     )
 

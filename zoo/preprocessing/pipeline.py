@@ -7,8 +7,8 @@ step                parameters                                                  
 =================== =========================================================== ==========
 ``reorient``        ``codes`` e.g. ``[L, A, S]`` (permutation/flips only)        exact
 ``resample_inplane`` ``spacing_mm`` ``[si, sj]`` or null (native spacing)        linear
-``brain_mask``      ``method`` threshold|nonzero|otsu, ``thresholds`` per input,      none needed
-                    ``largest_cc``, ``fill_holes``, ``shared`` (one mask for all)
+``brain_mask``      ``method`` threshold|nonzero|otsu|skull_stripping, ``thresholds``  none needed
+                    per input, ``largest_cc``, ``fill_holes``, ``shared`` (one mask for all)
 ``zscore``          statistics inside the brain mask, per input                  none needed
 ``slices``          ``axis``: voxel axis that indexes the 2D slices              exact
 ``crop_pad``        ``size`` ``[H, W]``, ``pad_value`` min|zero                  exact (0 fill)
@@ -22,7 +22,10 @@ Multi-view (``claustrum_multiview.md`` §4): a ``slices`` step may name ``views`
 voxel axis of the reoriented grid, e.g. ``{axial: 2, coronal: 1}``) and ``view`` (the view that
 :meth:`SlicePipeline.apply` cuts, e.g. for training); :meth:`SlicePipeline.apply_views` runs the
 volume steps once and cuts every view. ``brain_mask`` with ``apply_given: true`` also zeroes the
-image outside a given brain mask (skull stripping by the user's mask).
+image outside a given brain mask (skull stripping by the user's mask). ``method:
+skull_stripping`` runs the ``skull_stripping`` entry on the reference input (its own grid)
+when no mask is given, uses its mask like a given one, zeroes the image outside it and records
+the run in ``PipelineState.mask_record``.
 
 A user-given brain mask (input ``brain_mask``) replaces the computed one. Volumes enter as
 ``(I, J, K)`` arrays; the network input leaves as ``(N, H, W, C)`` float32 with channels in
@@ -65,6 +68,9 @@ class PipelineState:
     view: str | None = None
     #: Per-input :class:`MinMaxScaling` of a ``minmax`` step (its inverse maps [-1, 1] back).
     scaling: dict[str, MinMaxScaling] = field(default_factory=dict)
+    #: How the brain mask was made when another entry made it (``mask_method=skull_stripping``:
+    #: entry, card version, brain volume in mL, its QC flags), else ``None``.
+    mask_record: dict | None = None
 
     def brain_slices(self) -> np.ndarray:
         """Boolean ``(N,)``: slices of the network input that contain brain-mask voxels."""
@@ -156,6 +162,12 @@ class SlicePipeline:
         data = {name: np.asarray(volumes[name].array) for name in self.channels}
         given_mask = volumes.get(MASK_INPUT)
         mask = None if given_mask is None else np.asarray(given_mask.array) > 0
+        mask_step = next((s for s in steps if s["step"] == "brain_mask"), {})
+        chained = mask is None and mask_step.get("method") == "skull_stripping"
+        if chained:  # the skull_stripping entry on the reference input, on its own grid
+            from zoo.entries.skull_stripping import brain_mask_for
+
+            mask, state.mask_record = brain_mask_for(ref)
         spacing = ref.spacing
         sources = {name: volumes[name].source for name in self.channels}
         for step in steps:
@@ -186,7 +198,7 @@ class SlicePipeline:
                 out_spacing = np.asarray(rs.out_spacing, float)
                 spacing = out_spacing if kind == "resample" else np.array([*out_spacing[:2], spacing[2]])
             elif kind == "brain_mask":
-                if mask is not None and step.get("apply_given", False):
+                if mask is not None and (step.get("apply_given", False) or chained):
                     data = {k: np.where(mask, v, 0).astype(np.float32) for k, v in data.items()}
                 state.masks = self._masks(step, data, mask)
             elif kind == "denoise":
