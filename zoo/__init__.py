@@ -17,6 +17,11 @@ import os as _os
 from typing import Any
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN CPU kernels: TensorFlow turns them on by default only on some Intel CPUs; elsewhere (this
+# project's AMD EPYC machines) its plain kernels run a 3D convolution 14-20x slower (measured:
+# Conv3D 2->2 channels on 160 x 160 x 92 voxels, 2.23 s vs 0.16 s; see benchmarks/predict_latency.py).
+# Set before TensorFlow is imported; TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps them off.
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
 
