@@ -10,7 +10,7 @@ setup(
     description="Keras 3 model zoo for medical imaging (WMH, claustrum, spine, lung nodule, DiamondGAN)",
     python_requires=">=3.10",
     packages=[
-        "zoo", "zoo.preprocessing", "zoo.inference", "zoo.architectures", "zoo.entries",
+        "zoo", "zoo.preprocessing", "zoo.inference", "zoo.architectures", "zoo.entries", "zoo.converters",
         "zoo.cards", "zoo.training", "zoo.training.tasks", "zoo.bundled_weights",
     ],
     package_dir={"zoo.cards": "cards", "zoo.training": "training", "zoo.bundled_weights": "weights"},

@@ -9,6 +9,17 @@ residual add. 4,806,481 trainable parameters for one input channel and two outpu
 Arrays are channels-last ``(D, H, W, C)`` = (sagittal slice axis X, Y, Z, channel) of the RAS+
 network grid. The model returns **logits**; the softmax is applied by the caller (so that an
 ensemble averages logits, spec §9 D4).
+
+Padding (``padding=``, spec §14). ``"keras"`` (default; the zoo's own trained weights) uses
+Keras ``'same'`` padding: a stride-2 convolution on an even size pads 0 voxels before and 1 after,
+and a stride-2 transposed convolution keeps the first ``2n`` voxels of its ``2n + 1`` full
+output. ``"pytorch"`` reproduces MONAI/PyTorch exactly (``padding=1``; transposed convolution
+``padding=1, output_padding=1``): 1 zero voxel on both sides before each stride-2 convolution
+(``ZeroPadding3D(1)`` then ``'valid'``), and the transposed convolution's full output cropped by
+1 voxel at the **start** of each axis. Both variants hold the same weight variables (same layer
+names and shapes), so one weights file loads into either; only the authors' converted MONAI
+weights (:mod:`zoo.converters.monai_unet`) need ``"pytorch"``. Stride-1 convolutions (kernel 3,
+'same' = 1 voxel each side; kernel 1) are identical in both.
 """
 
 from __future__ import annotations
@@ -22,6 +33,29 @@ from keras import layers
 CHANNELS = (16, 32, 64, 128, 256)
 STRIDES = (2, 2, 2, 2)
 
+#: ``padding`` values of :func:`build_resunet3d` (module docstring).
+PADDINGS = ("keras", "pytorch")
+
+
+def _conv(x, filters: int, kernel: int, strides: int, name: str, padding: str):
+    """Conv3D with bias; ``padding="pytorch"`` pads ``kernel // 2`` zeros on both sides of
+    every spatial axis before a strided convolution (PyTorch ``padding=kernel // 2``)."""
+    if padding == "pytorch" and strides != 1 and kernel > 1:
+        x = layers.ZeroPadding3D(kernel // 2, name=f"{name}_pad")(x)
+        return layers.Conv3D(filters, kernel, strides=strides, padding="valid", name=name)(x)
+    return layers.Conv3D(filters, kernel, strides=strides, padding="same", name=name)(x)
+
+
+def _conv_transpose(x, filters: int, strides: int, name: str, padding: str):
+    """Conv3DTranspose k3 with bias to ``strides`` x the input size; ``padding="pytorch"``
+    crops the full ``(n - 1) * s + 3`` output to PyTorch's ``padding=1, output_padding=s - 1``
+    (1 voxel off the start of each axis, ``s - 1`` kept at the end)."""
+    if padding == "pytorch":
+        y = layers.Conv3DTranspose(filters, 3, strides=strides, padding="valid", name=name)(x)
+        end = 3 - strides - 1  # full length (n-1)s + 3; keep [1, 1 + n*s)
+        return layers.Cropping3D(((1, end),) * 3, name=f"{name}_crop")(y)
+    return layers.Conv3DTranspose(filters, 3, strides=strides, padding="same", name=name)(x)
+
 
 def _norm_act(x, name: str):
     """Instance norm (no affine, eps 1e-5) then a one-parameter PReLU (init 0.25)."""
@@ -31,11 +65,13 @@ def _norm_act(x, name: str):
                         shared_axes=[1, 2, 3, 4], name=f"{name}_prelu")(x)
 
 
-def residual_unit(x, filters: int, strides: int, subunits: int, name: str, last_conv_only: bool = False):
+def residual_unit(x, filters: int, strides: int, subunits: int, name: str, last_conv_only: bool = False,
+                  padding: str = "keras"):
     """MONAI ``ResidualUnit``: ``subunits`` x (Conv k3 -> IN -> PReLU), the first with
     ``strides``; residual branch Conv k3 (stride != 1), Conv k1 (channel change) or identity.
 
-    ``last_conv_only`` drops the norm/activation of the last conv unit (the output head).
+    ``last_conv_only`` drops the norm/activation of the last conv unit (the output head);
+    ``padding`` as :func:`build_resunet3d`.
     Args:
         x: ``(B, D, H, W, C_in)`` tensor.
     Returns:
@@ -44,29 +80,28 @@ def residual_unit(x, filters: int, strides: int, subunits: int, name: str, last_
     in_channels = x.shape[-1]
     y = x
     for i in range(subunits):
-        y = layers.Conv3D(filters, 3, strides=strides if i == 0 else 1, padding="same",
-                          name=f"{name}_conv{i}")(y)
+        y = _conv(y, filters, 3, strides if i == 0 else 1, f"{name}_conv{i}", padding)
         if not (last_conv_only and i == subunits - 1):
             y = _norm_act(y, f"{name}_unit{i}")
     if strides != 1:
-        res = layers.Conv3D(filters, 3, strides=strides, padding="same", name=f"{name}_residual")(x)
+        res = _conv(x, filters, 3, strides, f"{name}_residual", padding)
     elif in_channels != filters:
-        res = layers.Conv3D(filters, 1, padding="same", name=f"{name}_residual")(x)
+        res = _conv(x, filters, 1, 1, f"{name}_residual", padding)
     else:
         res = x
     return layers.Add(name=f"{name}_add")([y, res])
 
 
-def _up(x, filters: int, strides: int, name: str, is_top: bool):
+def _up(x, filters: int, strides: int, name: str, is_top: bool, padding: str):
     """MONAI up layer: ConvTranspose k3 -> IN -> PReLU, then RU(filters, s1, one conv unit)."""
-    y = layers.Conv3DTranspose(filters, 3, strides=strides, padding="same", name=f"{name}_convT")(x)
+    y = _conv_transpose(x, filters, strides, f"{name}_convT", padding)
     y = _norm_act(y, f"{name}_up")
-    return residual_unit(y, filters, 1, 1, f"{name}_ru", last_conv_only=is_top)
+    return residual_unit(y, filters, 1, 1, f"{name}_ru", last_conv_only=is_top, padding=padding)
 
 
 def build_resunet3d(input_shape: Sequence[int | None] = (16, 400, 400, 1), out_channels: int = 2,
                     channels: Sequence[int] = CHANNELS, strides: Sequence[int] = STRIDES,
-                    num_res_units: int = 2, name: str = "resunet3d") -> keras.Model:
+                    num_res_units: int = 2, name: str = "resunet3d", padding: str = "keras") -> keras.Model:
     """The residual 3D U-Net of spec §5 (Functional API, input named ``image``).
 
     Args:
@@ -75,12 +110,17 @@ def build_resunet3d(input_shape: Sequence[int | None] = (16, 400, 400, 1), out_c
             shape load into the full ``(16, 400, 400, 1)`` window.
         out_channels: output channels (2: background, vertebral body).
         channels, strides, num_res_units: MONAI ``UNet`` arguments (spec defaults).
+        padding: ``"keras"`` (default, the zoo's own weights) or ``"pytorch"`` (exactly
+            MONAI's padding, for the authors' converted weights; module docstring).
     Returns:
         ``keras.Model`` mapping ``(B, D, H, W, C)`` to logits ``(B, D, H, W, out_channels)``
         (float32). 4,806,481 trainable parameters with the defaults.
     Raises:
-        ValueError: a spatial size not divisible by the total stride.
+        ValueError: a spatial size not divisible by the total stride, or an unknown
+            ``padding``.
     """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}; got {padding!r}")
     total = 1
     for s in strides:
         total *= s
@@ -90,13 +130,13 @@ def build_resunet3d(input_shape: Sequence[int | None] = (16, 400, 400, 1), out_c
     inp = keras.Input(shape=tuple(input_shape), name="image")
     skips, x = [], inp
     for level, (c, s) in enumerate(zip(channels[:-1], strides)):
-        x = residual_unit(x, c, s, num_res_units, f"down{level + 1}")
+        x = residual_unit(x, c, s, num_res_units, f"down{level + 1}", padding=padding)
         skips.append(x)
-    x = residual_unit(x, channels[-1], 1, num_res_units, "bottom")
+    x = residual_unit(x, channels[-1], 1, num_res_units, "bottom", padding=padding)
     # decoder output channels: level l outputs channels[l-1] (the top outputs out_channels)
     outs = [out_channels, *channels[:-2]]
     for level in range(len(skips), 0, -1):
         x = layers.Concatenate(name=f"skip{level}")([skips[level - 1], x])
-        x = _up(x, outs[level - 1], strides[level - 1], f"up{level}", is_top=level == 1)
+        x = _up(x, outs[level - 1], strides[level - 1], f"up{level}", is_top=level == 1, padding=padding)
     out = layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inp, out, name=name)
