@@ -27,7 +27,7 @@ from zoo.io import Volume
 from zoo.preprocessing.cropping import CenterCropPadND
 from zoo.preprocessing.intensity import zscore
 from zoo.preprocessing.orientation import Reorientation
-from zoo.preprocessing.resampling import Resampling
+from zoo.preprocessing.resampling import Resampling, TorchioResampling
 
 LARGE_INPUTS = ("sliding_window", "crop")
 
@@ -45,7 +45,7 @@ class VolumeState:
     """
 
     reorientation: Reorientation
-    resampling: Resampling | None
+    resampling: Resampling | TorchioResampling | None
     crop: CenterCropPadND
     grid_affine: np.ndarray
     org_shape: tuple[int, int, int]
@@ -70,8 +70,16 @@ class VolumePipeline:
 
     Args:
         steps: the card's ``preprocessing.steps`` (records with ``step`` = ``reorient``
-            (``codes``), ``resample`` (``spacing_mm``, ``tolerance_mm``), ``zscore``
-            (``region: all``), ``crop_pad`` (``size``, ``pad_value``, ``large_inputs``)).
+            (``codes``), ``resample`` (``spacing_mm``, ``tolerance_mm``, ``grid``), ``zscore``
+            (``region: all``, ``ddof``), ``crop_pad`` (``size``, ``pad_value``,
+            ``large_inputs``, ``odd``)).
+
+    Reference-profile keys (defaults = the zoo's own profile): ``resample.grid`` ``"edges"``
+    (:class:`Resampling`: outer edges aligned, skipped within ``tolerance_mm``) or
+    ``"torchio"`` (:class:`TorchioResampling`: TorchIO's grid, image minimum outside the field
+    of view, integer inputs stay integer, skipped only when every axis is ``np.isclose`` to the
+    target, as fastMONAI); ``zscore.ddof`` 0 (population std) or 1 (torch's sample std);
+    ``crop_pad.odd`` ``"end"`` or ``"start"`` (:class:`CenterCropPadND`).
         large_inputs: override the card's ``crop_pad.large_inputs`` (``"sliding_window"``
             pads only; ``"crop"`` crops to ``size`` as the authors' code).
     Raises:
@@ -86,6 +94,9 @@ class VolumePipeline:
         self.size: tuple[int, ...] | None = None
         self.pad_value = 0.0
         self.large_inputs = "sliding_window"
+        self.grid = "edges"
+        self.ddof = 0
+        self.odd = "end"
         for s in steps:
             kind = s["step"]
             if kind == "reorient":
@@ -93,14 +104,21 @@ class VolumePipeline:
             elif kind == "resample":
                 self.spacing = tuple(float(v) for v in s["spacing_mm"])
                 self.tolerance = float(s.get("tolerance_mm", 1e-3))
+                self.grid = str(s.get("grid", "edges"))
+                if self.grid not in ("edges", "torchio"):
+                    raise errors.CardError(f"volume pipeline: resample grid {self.grid!r} is not 'edges' or 'torchio'")
             elif kind == "zscore":
                 if s.get("region", "all") != "all":
                     raise errors.CardError(f"volume pipeline: zscore region {s.get('region')!r} is not 'all'")
                 self.normalise = True
+                self.ddof = int(s.get("ddof", 0))
             elif kind == "crop_pad":
                 self.size = tuple(int(v) for v in s["size"])
                 self.pad_value = float(s.get("pad_value", 0.0))
                 self.large_inputs = str(s.get("large_inputs", "sliding_window"))
+                self.odd = str(s.get("odd", "end"))
+                if self.odd not in ("end", "start"):
+                    raise errors.CardError(f"volume pipeline: crop_pad odd {self.odd!r} is not 'end' or 'start'")
             else:
                 raise errors.CardError(f"volume pipeline: unknown preprocessing step {kind!r}")
         if large_inputs is not None:
@@ -117,8 +135,12 @@ class VolumePipeline:
         shape = tuple(int(n) for n in reo.forward(np.empty(vol.shape, np.uint8)).shape)
         spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
         res = None
-        if self.spacing is not None and np.any(np.abs(spacing - np.array(self.spacing)) > self.tolerance):
+        if self.spacing is not None and self.grid == "torchio":
+            if TorchioResampling.needed(spacing, self.spacing):
+                res = TorchioResampling(shape, tuple(float(s) for s in spacing), self.spacing)
+        elif self.spacing is not None and np.any(np.abs(spacing - np.array(self.spacing)) > self.tolerance):
             res = Resampling(shape, tuple(float(s) for s in spacing), self.spacing)
+        if res is not None:
             aff, shape = res.out_affine(aff), res.out_shape
         if self.size is None:
             target: tuple[int | None, ...] = (None, None, None)
@@ -126,7 +148,7 @@ class VolumePipeline:
             target = self.size
         else:
             target = tuple(max(t, n) for t, n in zip(self.size, shape))
-        return VolumeState(reo, res, CenterCropPadND(tuple(shape), target), aff, vol.shape)
+        return VolumeState(reo, res, CenterCropPadND(tuple(shape), target, odd=self.odd), aff, vol.shape)
 
     def apply(self, vol: Volume) -> tuple[np.ndarray, VolumeState]:
         """``vol`` -> the network array.
@@ -139,11 +161,15 @@ class VolumePipeline:
             ConstantImageError: the resampled image is constant.
         """
         st = self.state(vol)
-        x = st.reorientation.forward(np.asarray(vol.array, dtype=np.float32))
-        if st.resampling is not None:
-            x = st.resampling.forward(x, order=1)
+        if isinstance(st.resampling, TorchioResampling):  # integer inputs stay integer (TorchIO)
+            x = st.reorientation.forward(np.asarray(vol.array))
+            x = st.resampling.forward(x, order=1, dtype=x.dtype)
+        else:
+            x = st.reorientation.forward(np.asarray(vol.array, dtype=np.float32))
+            if st.resampling is not None:
+                x = st.resampling.forward(x, order=1)
         if self.normalise:
-            x = zscore(x, source=vol.source)
+            x = zscore(x, source=vol.source, ddof=self.ddof)
         return st.crop.forward(np.asarray(x, np.float32), self.pad_value), st
 
     def apply_label(self, label: np.ndarray, state: VolumeState) -> np.ndarray:
