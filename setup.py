@@ -36,6 +36,6 @@ setup(
     ],
     extras_require={"test": ["pytest>=8", "pillow>=10"], "viz": ["pillow>=10"],
                     "onnx": ["tf2onnx>=1.17", "onnxruntime>=1.17"],
-                    "lidc": ["pylidc>=0.2.3"]},
+                    "lidc": ["pylidc>=0.2.3"], "torch": ["torch>=2.1"], "safetensors": ["safetensors>=0.4"]},
     entry_points={"console_scripts": ["zoo=zoo.cli:main"]},
 )

@@ -188,32 +188,43 @@ def test_missing_and_unexpected_keys_name_the_layer():
 
 
 def test_convert_files_all_or_nothing(tmp_path):
-    """safetensors input (numpy API, no torch); a bad member leaves the folder empty; float32."""
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    """A bad member leaves the output folder empty; a good set is stored float32, exactly."""
     from zoo.architectures.resunet3d import build_resunet3d
     from zoo.converters import convert_files
     from zoo.converters.monai_unet import seeded_state_dict
     from zoo.weights import load_weights
 
-    good = tmp_path / "0.safetensors"
-    safetensors_numpy.save_file(seeded_state_dict(3), str(good))
     bad = seeded_state_dict(4)
     bad["model.0.residual.bias"] = np.zeros(15, np.float32)
     out = tmp_path / "out"
 
     def build():
-        return build_resunet3d((16, 32, 32, 1), padding="pytorch")
+        return build_resunet3d((16, 32, 32, 1), padding="pytorch", norm="staged")
 
     with pytest.raises(ConversionError, match=r"model\.0\.residual\.bias.*down1_residual"):
-        convert_files("monai_unet", build, [good, bad], out)
+        convert_files("monai_unet", build, [seeded_state_dict(3), bad], out)
     assert not any(out.iterdir())
-    records = convert_files("monai_unet", build, [good], out)
+    records = convert_files("monai_unet", build, [seeded_state_dict(3)], out)
     assert records[0]["file"] == "member0.npz" and len(records[0]["sha256"]) == 64
     model = build()
     meta = load_weights(model, out / "member0.npz", sha256=records[0]["sha256"])
     assert meta["storage"] == "float32"
     kernel = np.transpose(seeded_state_dict(3)["model.0.conv.unit0.conv.weight"], (2, 3, 4, 1, 0))
     assert np.array_equal(model.get_layer("down1_conv0").kernel.numpy(), kernel)
+
+
+def test_safetensors_file_is_read_without_torch(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    from zoo.converters.monai_unet import read_state_dict, seeded_state_dict
+
+    state = seeded_state_dict(5)
+    f = tmp_path / "0.safetensors"
+    safetensors_numpy.save_file(state, str(f))
+    back = read_state_dict(f)
+    assert sorted(back) == sorted(state) and all(np.array_equal(back[k], state[k]) for k in state)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(ConversionError, match="bad.safetensors"):
+        read_state_dict(tmp_path / "bad.safetensors")
 
 
 def test_pt_file_without_torch_is_a_typed_error(tmp_path, monkeypatch):
@@ -235,3 +246,45 @@ def test_pt_file_without_torch_is_a_typed_error(tmp_path, monkeypatch):
         read_state_dict(f)
     with pytest.raises(ConversionError, match="not found"):
         read_state_dict(tmp_path / "missing.pt")
+
+
+def test_torchio_resampling_matches_measured_torchio_values():
+    """TorchIO 0.18.86 ``Resample((0.3, 1, 1))`` of a uint8 ramp [0, 3, 10, 255] at 1 mm gave
+    [0 0 0 1 2 4 6 8 22 95 169 242 255 0] (uint8) with origin -0.35 mm (measured once in the
+    throwaway environment): ceil(4 / 0.3) = 14 voxels, first edge kept, linear values truncated,
+    the last voxel beyond the field of view gets the image minimum."""
+    from zoo.preprocessing.resampling import TorchioResampling
+
+    ramp = np.array([0, 3, 10, 255], np.uint8).reshape(4, 1, 1)
+    res = TorchioResampling((4, 1, 1), (1.0, 1.0, 1.0), (0.3, 1.0, 1.0))
+    out = res.forward(ramp, dtype=ramp.dtype)
+    assert out.dtype == np.uint8 and res.out_shape == (14, 1, 1)
+    assert out[:, 0, 0].tolist() == [0, 0, 0, 1, 2, 4, 6, 8, 22, 95, 169, 242, 255, 0]
+    assert np.isclose(res.out_affine(np.eye(4))[0, 3], -0.35)
+    assert TorchioResampling.needed((1.0, 1.0, 1.0), (0.3, 1.0, 1.0))
+    assert not TorchioResampling.needed((0.78, 0.78, 4.4), (0.78, 0.78, 4.4))
+
+
+def test_crop_pad_odd_voxel_side():
+    """TorchIO 0.18.86 CropOrPad (measured): 7 -> 10 pads 2 before and 1 after; 11 -> 8 drops 2
+    voxels at the start and 1 at the end. The zoo's default keeps the odd voxel at the end."""
+    from zoo.preprocessing.cropping import CenterCropPadND
+
+    seven = np.arange(1, 8, dtype=np.float32)
+    eleven = np.arange(1, 12, dtype=np.float32)
+    assert CenterCropPadND((7,), (10,), odd="start").forward(seven).tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7, 0]
+    assert CenterCropPadND((11,), (8,), odd="start").forward(eleven)[0] == 3
+    assert CenterCropPadND((7,), (10,)).forward(seven).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 0, 0]
+    assert CenterCropPadND((11,), (8,)).forward(eleven)[0] == 2
+    crop = CenterCropPadND((11,), (8,), odd="start")
+    assert crop.inverse(crop.forward(eleven)).tolist() == [0, 0, *range(3, 11), 0]
+
+
+def test_unknown_graph_is_a_card_error():
+    from zoo.entries import spine_vertebrae as entry
+    from zoo.errors import CardError
+
+    card = fastmonai_profile_card()
+    card.data["inference"]["graph"] = "torch"
+    with pytest.raises(CardError, match="graph 'torch'"):
+        entry.build_member(card, "t2", 0)
