@@ -246,6 +246,10 @@ def test_pt_file_without_torch_is_a_typed_error(tmp_path, monkeypatch):
         read_state_dict(f)
     with pytest.raises(ConversionError, match="not found"):
         read_state_dict(tmp_path / "missing.pt")
+    pkl = tmp_path / "0_learner.pkl"
+    pkl.write_bytes(b"\x80\x04never unpickled")
+    with pytest.raises(ConversionError, match=r"never unpickles.*torch\.save\(learn\.model\.state_dict\(\), '0\.pt'\)"):
+        read_state_dict(pkl)
 
 
 def test_torchio_resampling_matches_measured_torchio_values():

@@ -157,13 +157,14 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
     Args:
         source: a ``.pt`` / ``.pth`` file (``torch.load(..., weights_only=True)``: no pickled
             code is run; needs torch), a ``.safetensors`` file (needs ``safetensors``), or a
-            mapping of arrays / tensors. A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper
+            mapping of arrays / tensors. A ``.pkl`` (the published fastai learner) is refused
+            before it is opened, with the extraction to run instead. A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper
             is unwrapped.
     Returns:
         ``{key: float32 array}`` (keys as stored; see :func:`convert_state_dict` for prefixes).
     Raises:
-        ConversionError: the file is missing or unreadable, an optional dependency is missing,
-            or the content is not a mapping of numeric arrays.
+        ConversionError: the file is missing, unreadable or a ``.pkl``, an optional dependency
+            is missing, or the content is not a mapping of numeric arrays.
     """
     if isinstance(source, Mapping):
         raw, name = dict(source), "state_dict"
@@ -172,6 +173,11 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
         name = str(path)
         if not path.is_file():
             raise ConversionError(f"{path}: file not found")
+        if path.suffix == ".pkl":
+            raise ConversionError(
+                f"{path}: a pickled fastai learner; the zoo never unpickles these. Extract the state_dict "
+                f"once where fastMONAI is installed: learn = load_learner({path.name!r}, cpu=True); "
+                f"torch.save(learn.model.state_dict(), {path.stem.split('_')[0] + '.pt'!r}), then convert that file")
         if path.suffix == ".safetensors":
             try:
                 from safetensors.numpy import load_file
