@@ -10,7 +10,7 @@ setup(
     description="Keras 3 model zoo for medical imaging (WMH, claustrum, spine, lung nodule, DiamondGAN)",
     python_requires=">=3.10",
     packages=[
-        "zoo", "zoo.preprocessing", "zoo.inference", "zoo.architectures", "zoo.entries",
+        "zoo", "zoo.preprocessing", "zoo.inference", "zoo.architectures", "zoo.entries", "zoo.converters",
         "zoo.cards", "zoo.training", "zoo.training.tasks", "zoo.bundled_weights",
     ],
     package_dir={"zoo.cards": "cards", "zoo.training": "training", "zoo.bundled_weights": "weights"},
@@ -36,6 +36,6 @@ setup(
     ],
     extras_require={"test": ["pytest>=8", "pillow>=10"], "viz": ["pillow>=10"],
                     "onnx": ["tf2onnx>=1.17", "onnxruntime>=1.17"],
-                    "lidc": ["pylidc>=0.2.3"]},
+                    "lidc": ["pylidc>=0.2.3"], "torch": ["torch>=2.1"], "safetensors": ["safetensors>=0.4"]},
     entry_points={"console_scripts": ["zoo=zoo.cli:main"]},
 )

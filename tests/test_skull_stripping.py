@@ -56,7 +56,7 @@ def test_resunet3d_rejects_sizes_not_divisible_per_axis():
 def test_anchored_crop_pad_inverse(start):
     in_size, size = (12, 9, 20), (8, 14, 16)
     a = np.arange(np.prod(in_size), dtype=np.float32).reshape(in_size) + 1
-    c = AnchoredCropPadND(in_size, size, start)
+    c = AnchoredCropPadND(in_size, size, start=start)
     out = c.forward(a, pad_value=0)
     assert out.shape == size
     # output voxel (i, j, k) is input voxel start + (i, j, k) where that exists
@@ -72,7 +72,7 @@ def test_anchored_crop_pad_inverse(start):
 def test_anchored_crop_pad_none_start_is_centred():
     in_size, size = (12, 9, 20), (8, 14, 16)
     a = np.random.default_rng(0).random(in_size).astype(np.float32)
-    np.testing.assert_array_equal(AnchoredCropPadND(in_size, size, (None, None, None)).forward(a),
+    np.testing.assert_array_equal(AnchoredCropPadND(in_size, size, start=(None, None, None)).forward(a),
                                   CenterCropPadND(in_size, size).forward(a))
 
 

@@ -92,6 +92,23 @@ class ChecksumError(WeightsError):
     """A weights (or sample) file's sha256 differs from the one stated in the card."""
 
 
+class ConversionError(WeightsError):
+    """Upstream weights (a Keras 2 ``.h5``, a MONAI state_dict) do not fit the zoo architecture:
+    the message names the upstream layer/weight and the model variable, with both shapes.
+    Nothing is written when a conversion fails."""
+
+
+class UpstreamHashChangedError(ChecksumError):
+    """An authors' upstream weights file differs (sha256) from the one recorded when it was
+    first downloaded: the published file changed, or another file was given."""
+
+
+class ProfileMismatchError(WeightsError):
+    """Weights were combined with a preprocessing profile they do not belong to (e.g. the
+    authors' upstream weights with the zoo's own profile); the card names which profile
+    belongs to which weights."""
+
+
 class DownloadError(WeightsError):
     """A download failed (network, HTTP status, interrupted transfer)."""
 

@@ -26,7 +26,9 @@ Every file found is checked against the card's sha256. Downloads stream into a t
 the destination folder and are moved into place with ``os.replace`` only once verified, so an
 interrupted or corrupt download never leaves a file behind.
 
-Upstream Keras 2 weights (``.h5``) are converted into this format by :func:`convert_keras2_h5`.
+Upstream weights in other formats (the authors' Keras 2 ``.h5``, MONAI state_dicts) are converted
+into this format by :mod:`zoo.converters`; :mod:`zoo.presets` fetches the authors' published
+files (sha256 recorded on first download) and converts them.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +65,6 @@ _URL_SCHEMES = ("http://", "https://", "file://")
 __all__ = [
     "FORMAT_VERSION",
     "cache_dir",
-    "convert_keras2_h5",
-    "convert_keras2_h5_files",
     "download",
     "load_weights",
     "resolve",
@@ -124,14 +124,21 @@ def _weight_variables(model: Any) -> dict[str, Any]:
     return variables
 
 
-def save_weights(model: Any, path: str | os.PathLike) -> str:
+#: Storage dtypes of floating-point weights: float16 (the zoo's own weights, half the bytes) or
+#: float32 (the authors' converted weights: float16 alone changes their outputs by up to 2e-3).
+STORAGE_DTYPES = ("float16", "float32")
+
+
+def save_weights(model: Any, path: str | os.PathLike, storage: str = "float16") -> str:
     """Write every weight variable of a Keras model to ``path`` in our ``.npz`` format.
 
     Args:
         model: a built ``keras.Model`` (or layer) whose weight variables have unique ``path``s.
         path: the file to write (conventionally ``*.npz``); its folder is created if missing.
+        storage: ``"float16"`` (default) or ``"float32"``: the dtype of floating-point weights
+            in the file (recorded in ``__meta__`` as ``storage``).
 
-    Floating-point weights are stored as float16, others in their own dtype, keyed by
+    Floating-point weights are stored as ``storage``, others in their own dtype, keyed by
     ``variable.path``, plus the ``__meta__`` JSON record. The file is written to a temporary file
     in the same folder and moved into place with ``os.replace`` (atomic: readers never see a
     partial file).
@@ -140,11 +147,14 @@ def save_weights(model: Any, path: str | os.PathLike) -> str:
         the sha256 hex digest of the written file (the value to put in the model card).
 
     Raises:
-        WeightsError: duplicate variable paths, or a finite weight too large for float16.
+        WeightsError: duplicate variable paths, a finite weight too large for float16, or an
+            unknown ``storage``.
         OSError: the file cannot be written.
     """
     import keras
 
+    if storage not in STORAGE_DTYPES:
+        raise WeightsError(f"{path}: storage {storage!r} is not one of {STORAGE_DTYPES}")
     path = Path(path)
     variables = _weight_variables(model)
     arrays: dict[str, np.ndarray] = {}
@@ -152,7 +162,9 @@ def save_weights(model: Any, path: str | os.PathLike) -> str:
     for name, variable in variables.items():
         value = np.asarray(variable.numpy())
         n_params += int(value.size)
-        if np.issubdtype(value.dtype, np.floating):
+        if np.issubdtype(value.dtype, np.floating) and storage == "float32":
+            arrays[name] = value.astype(np.float32)
+        elif np.issubdtype(value.dtype, np.floating):
             with np.errstate(over="ignore"):
                 stored = value.astype(np.float16)
             overflow = np.isinf(stored) & np.isfinite(value)
@@ -170,6 +182,7 @@ def save_weights(model: Any, path: str | os.PathLike) -> str:
         "format_version": FORMAT_VERSION,
         "keras_version": keras.__version__,
         "n_params": n_params,
+        "storage": storage,
     }
     arrays[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), np.uint8)
 
@@ -705,171 +718,13 @@ def _bundled_as_path(resource: Any, rel: str, destinations: _Destinations) -> Pa
     return dest
 
 
-# --- Keras 2 .h5 converter ----------------------------------------------------------------------
-def _h5_str_list(group: Any, name: str) -> list[str] | None:
-    """A Keras 2 string-list attribute (possibly split into ``name0``, ``name1``, ...)."""
-    if name in group.attrs:
-        values = list(np.asarray(group.attrs[name]).ravel())
-    elif f"{name}0" in group.attrs:
-        values, i = [], 0
-        while f"{name}{i}" in group.attrs:
-            values.extend(np.asarray(group.attrs[f"{name}{i}"]).ravel())
-            i += 1
-    else:
-        return None
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+# --- converters (moved to zoo.converters; these names stay for existing callers) ---------------
+def __getattr__(name: str) -> Any:
+    """``convert_keras2_h5`` and ``convert_keras2_h5_files`` live in
+    :mod:`zoo.converters.keras2_h5`; they are still reachable here (lazily, so importing
+    ``zoo.weights`` does not import h5py)."""
+    if name in ("convert_keras2_h5", "convert_keras2_h5_files"):
+        from zoo.converters import keras2_h5
 
-
-def _read_keras2_h5(h5_path: Path) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
-    """``[(layer_name, [(weight_name, array), ...]), ...]`` for the layers that have weights."""
-    import h5py
-
-    try:
-        fh = h5py.File(h5_path, "r")
-    except OSError as exc:
-        raise WeightsError(f"{h5_path}: not a readable HDF5 file ({exc})") from exc
-    with fh:
-        root = fh
-        layer_names = _h5_str_list(root, "layer_names")
-        if layer_names is None and "model_weights" in fh:
-            root = fh["model_weights"]
-            layer_names = _h5_str_list(root, "layer_names")
-        if layer_names is None:
-            raise WeightsError(
-                f"{h5_path}: no 'layer_names' attribute at the root or in 'model_weights', so "
-                "this is not a Keras 2 weights file"
-            )
-        layers = []
-        for layer_name in layer_names:
-            if layer_name not in root:
-                raise WeightsError(f"{h5_path}: layer {layer_name!r} is listed but has no group")
-            group = root[layer_name]
-            weight_names = _h5_str_list(group, "weight_names") or []
-            weights = []
-            for weight_name in weight_names:
-                if weight_name not in group:
-                    raise WeightsError(
-                        f"{h5_path}: layer {layer_name!r} lists weight {weight_name!r}, "
-                        "which is not in the file"
-                    )
-                weights.append((weight_name, np.asarray(group[weight_name])))
-            if weights:
-                layers.append((layer_name, weights))
-    return layers
-
-
-def _short_weight_name(name: str) -> str:
-    """``'conv2d_1/kernel:0'`` -> ``'kernel'``."""
-    return name.rsplit("/", 1)[-1].split(":", 1)[0]
-
-
-def convert_keras2_h5(model: Any, h5_path: str | os.PathLike, out_path: str | os.PathLike) -> str:
-    """Load an authors' Keras 2 ``.h5`` weights file into ``model`` and save it in our format.
-
-    Args:
-        model: a built Keras 3 Functional model with the same architecture as the one the file
-            was saved from (layer names may differ).
-        h5_path: a Keras 2 weights file (``model.save_weights``: root attribute ``layer_names``)
-            or full-model file (the same inside the ``model_weights`` group).
-        out_path: the ``.npz`` file to write with :func:`save_weights`.
-
-    The legacy layers that have weights, in file order, are matched to the model's layers that
-    have weights, in ``model.layers`` order. Within a layer, weights are matched by short name
-    (``kernel``, ``bias``, ``gamma``...) when both sides have the same names, else by order.
-    Every legacy weight must be consumed and every model weight filled, with equal shapes; the
-    model is only modified once everything matches.
-
-    Returns:
-        the sha256 hex digest of the written ``.npz``.
-
-    Raises:
-        WeightsError: not a Keras 2 file, different numbers of weighted layers or of weights in
-            a layer, or a shape mismatch (the message names the legacy and the model weight).
-    """
-    h5_path = Path(h5_path)
-    legacy = _read_keras2_h5(h5_path)
-    model_layers = [layer for layer in model.layers if layer.weights]
-    if len(legacy) != len(model_layers):
-        raise WeightsError(
-            f"{h5_path}: has {len(legacy)} layers with weights, the model has "
-            f"{len(model_layers)} (file: {_short_list([n for n, _ in legacy])}; model: "
-            f"{_short_list([layer.name for layer in model_layers])}); the file was saved from "
-            "another architecture"
-        )
-    assignments: list[tuple[Any, np.ndarray]] = []
-    consumed = 0
-    for (legacy_name, legacy_weights), layer in zip(legacy, model_layers):
-        variables = list(layer.weights)
-        if len(legacy_weights) != len(variables):
-            raise WeightsError(
-                f"{h5_path}: layer {legacy_name!r} has {len(legacy_weights)} weights "
-                f"({_short_list([w for w, _ in legacy_weights])}), but model layer "
-                f"{layer.name!r} has {len(variables)} "
-                f"({_short_list([v.path for v in variables])}); not every weight can be consumed"
-            )
-        legacy_short = [_short_weight_name(w) for w, _ in legacy_weights]
-        model_short = [v.name for v in variables]
-        if len(set(legacy_short)) == len(legacy_short) and set(legacy_short) == set(model_short):
-            by_name = dict(zip(legacy_short, legacy_weights))
-            pairs = [(by_name[v.name], v) for v in variables]
-        else:
-            pairs = list(zip(legacy_weights, variables))
-        for (weight_name, array), variable in pairs:
-            if tuple(array.shape) != tuple(variable.shape):
-                raise WeightsError(
-                    f"{h5_path}: weight {weight_name!r} of layer {legacy_name!r} has shape "
-                    f"{tuple(array.shape)}, but model variable {variable.path!r} has shape "
-                    f"{tuple(variable.shape)}; the file was saved from another architecture"
-                )
-            assignments.append((variable, array))
-            consumed += 1
-    n_legacy = sum(len(w) for _, w in legacy)
-    n_model = len(model.weights)
-    n_filled = len({id(variable) for variable, _ in assignments})
-    if consumed != n_legacy or consumed != n_model or n_filled != n_model:
-        raise WeightsError(
-            f"{h5_path}: {consumed} weights matched, but the file has {n_legacy} and the model "
-            f"{n_model}; not every weight was consumed or filled"
-        )
-    for variable, array in assignments:
-        variable.assign(np.asarray(array).astype(variable.dtype))
-    logger.info("converted %s (%d weights) -> %s", h5_path, consumed, out_path)
-    return save_weights(model, out_path)
-
-
-def convert_keras2_h5_files(
-    build_fn: Callable[[], Any],
-    h5_paths: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    *,
-    names: Sequence[str] | None = None,
-    file_prefix: str = "",
-) -> list[dict]:
-    """Convert several Keras 2 ``.h5`` files (e.g. ensemble members) into our format.
-
-    Args:
-        build_fn: returns a fresh Keras 3 model of the right architecture (called once per file).
-        h5_paths: the legacy files, in member order.
-        out_dir: folder for the ``.npz`` files (created if missing).
-        names: output file names; default ``member0.npz``, ``member1.npz``, ...
-        file_prefix: prepended to each record's ``file`` (e.g. ``"wmh_ensemble/flair_t1"``).
-
-    Returns:
-        card-ready records ``{"file": ..., "sha256": ..., "size": ...}``, in ``h5_paths`` order.
-
-    Raises:
-        WeightsError: as :func:`convert_keras2_h5`, or if ``names`` has the wrong length.
-    """
-    out_dir = Path(out_dir)
-    names = list(names) if names is not None else [f"member{i}.npz" for i in range(len(h5_paths))]
-    if len(names) != len(h5_paths) or len(set(names)) != len(names):
-        raise WeightsError(
-            f"{len(h5_paths)} .h5 files need as many distinct output names, got {names!r}"
-        )
-    records = []
-    for h5_path, name in zip(h5_paths, names):
-        out_path = out_dir / name
-        digest = convert_keras2_h5(build_fn(), h5_path, out_path)
-        rel = f"{file_prefix.strip('/')}/{name}" if file_prefix.strip("/") else name
-        records.append({"file": rel, "sha256": digest, "size": out_path.stat().st_size})
-    return records
+        return getattr(keras2_h5, name)
+    raise AttributeError(f"module 'zoo.weights' has no attribute {name!r}")

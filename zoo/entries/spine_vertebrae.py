@@ -26,7 +26,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from zoo import postprocessing
+from zoo import errors, postprocessing
 from zoo.architectures.resunet3d import build_resunet3d
 from zoo.card import ModelCard
 from zoo.inference.sliding_window import sliding_window
@@ -49,16 +49,34 @@ EVAL_COLUMNS = ("dsc", "hd95_mm", "n_bodies", "dsc_network_grid_raw", "dsc_netwo
                 *(f"volume_ml_{who}_{v}" for v in VERTEBRAE for who in ("ref", "pred")))
 
 
-def build_member(card: ModelCard, variant: str, member: int, patch_size=None) -> keras.Model:
+#: ``inference.graph`` -> builder arguments: the zoo's own weights ("zoo") or the authors'
+#: MONAI weights converted by :mod:`zoo.converters.monai_unet` ("monai": PyTorch padding and the
+#: precise instance norm, equal to MONAI within 1e-5 in probability).
+GRAPHS = {"zoo": dict(padding="keras", norm="group"), "monai": dict(padding="pytorch", norm="staged")}
+
+
+def build_member(card: ModelCard, variant: str, member: int, patch_size=None,
+                 graph: str | None = None) -> keras.Model:
     """One untrained member of ``variant`` named ``member{member}``; ``patch_size``
-    ``(D, H, W)`` builds it for training patches (same weights as the card's window)."""
+    ``(D, H, W)`` builds it for training patches (same weights as the card's window).
+
+    ``graph`` (:data:`GRAPHS`): ``"zoo"`` for the zoo's own weights, ``"monai"`` for the
+    authors' converted MONAI weights. Default: the card's ``inference.graph`` (the upstream
+    weights' preprocessing profile sets ``"monai"``), else ``"zoo"``. Both graphs hold the
+    same weight variables.
+    Raises:
+        CardError: an unknown graph.
+    """
     arch = card.variant(variant)["architecture"]
     shape = tuple(arch["input_shape"])
     if patch_size:
         shape = (*(int(s) for s in patch_size), shape[-1])
+    graph = graph or str(card["inference"].get("graph", "zoo"))
+    if graph not in GRAPHS:
+        raise errors.CardError(f"{card.id}: inference.graph {graph!r} is not one of {sorted(GRAPHS)}")
     return build_resunet3d(shape, out_channels=int(arch["out_channels"]), channels=tuple(arch["channels"]),
                            strides=tuple(arch["strides"]), num_res_units=int(arch["num_res_units"]),
-                           name=f"member{member}")
+                           name=f"member{member}", **GRAPHS[graph])
 
 
 def build_members(card: ModelCard, variant: str) -> list[keras.Model]:

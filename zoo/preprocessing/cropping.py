@@ -61,14 +61,18 @@ class CenterCropPadND:
     """Centre crop or pad the leading ``len(size)`` axes of an array to ``size`` (any number of
     axes, e.g. ``(X, Y, Z)`` volumes of the 3D entries; trailing channel axes are carried along).
 
-    The TorchIO ``CropOrPad`` convention (spec ``spine_vertebrae.md`` §4): per axis with
-    ``diff = t − s``, pad ``floor(diff/2)`` before and the rest after; crop ``floor(|diff|/2)``
-    at the start. Same rule as :class:`CenterCropPad` on the in-plane axes. A target of ``None``
-    keeps that axis.
+    Per axis with ``diff = t − s``: ``odd="end"`` (default; spec ``spine_vertebrae.md`` §4 and
+    the zoo's own weights) pads ``floor(diff/2)`` before and the rest after and crops
+    ``floor(|diff|/2)`` at the start, the same rule as :class:`CenterCropPad` on the in-plane
+    axes. ``odd="start"`` puts the odd voxel at the start: pad ``ceil(diff/2)`` before, crop
+    ``ceil(|diff|/2)`` at the start; this is what TorchIO 0.18.86 ``CropOrPad`` (fastMONAI's
+    ``PadOrCrop``) does, measured by ``tools/make_spine_parity_fixture.py`` (7 -> 10 pads 2
+    before; 11 -> 8 drops 2 at the start). A target of ``None`` keeps that axis.
     """
 
     in_size: tuple[int, ...]
     size: tuple[int | None, ...]
+    odd: str = "end"
 
     @property
     def out_size(self) -> tuple[int, ...]:
@@ -76,8 +80,11 @@ class CenterCropPadND:
 
     def _regions(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         src, dst = [], []
+        if self.odd not in ("end", "start"):
+            raise ValueError(f"odd must be 'end' or 'start'; got {self.odd!r}")
+        half = (lambda d: -(-d // 2)) if self.odd == "start" else (lambda d: d // 2)
         for s, t in zip(self.in_size, self.out_size):
-            crop, pad = ((s - t) // 2, 0) if s >= t else (0, (t - s) // 2)
+            crop, pad = (half(s - t), 0) if s >= t else (0, half(t - s))
             length = min(s, t)
             src.append(slice(crop, crop + length))
             dst.append(slice(pad, pad + length))

@@ -9,8 +9,10 @@ import numpy as np
 from zoo import errors
 
 
-def zscore(array: np.ndarray, mask: np.ndarray | None = None, *, source: str = "image") -> np.ndarray:
-    """Gaussian normalisation ``(x - mean(x[m])) / std(x[m])`` with the population std (ddof 0).
+def zscore(array: np.ndarray, mask: np.ndarray | None = None, *, source: str = "image",
+           ddof: int = 0) -> np.ndarray:
+    """Gaussian normalisation ``(x - mean(x[m])) / std(x[m])`` with the population std (``ddof``
+    0; ``ddof=1`` is the sample std of torch's ``Tensor.std()``, as TorchIO ``ZNormalization``).
 
     Spec ``wmh_ensemble.md`` §4 step 3: statistics from the brain mask, computed on the native
     volume before crop/pad, applied to the whole volume.
@@ -31,7 +33,7 @@ def zscore(array: np.ndarray, mask: np.ndarray | None = None, *, source: str = "
             f"{source}: the brain mask is empty, so the image cannot be normalised; check the "
             "intensities (the threshold mask expects the paper's scanner units) or pass a mask")
     mean = values.mean()
-    std = values.std()
+    std = values.std(ddof=ddof)
     if not np.isfinite(std) or std <= 1e-12 * max(1.0, abs(mean)):
         raise errors.ConstantImageError(
             f"{source}: intensities inside the brain mask are constant ({mean:g}); a real scan "

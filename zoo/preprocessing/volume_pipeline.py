@@ -29,7 +29,7 @@ from zoo.preprocessing.brainmask import head_mask
 from zoo.preprocessing.cropping import AnchoredCropPadND, CenterCropPadND
 from zoo.preprocessing.intensity import zscore
 from zoo.preprocessing.orientation import Reorientation
-from zoo.preprocessing.resampling import Resampling
+from zoo.preprocessing.resampling import Resampling, TorchioResampling
 
 LARGE_INPUTS = ("sliding_window", "crop")
 #: Where a crop/pad window sits: the centre of the resampled grid, or on the head (in-plane
@@ -50,7 +50,7 @@ class VolumeState:
     """
 
     reorientation: Reorientation
-    resampling: Resampling | None
+    resampling: Resampling | TorchioResampling | None
     crop: CenterCropPadND
     grid_affine: np.ndarray
     org_shape: tuple[int, int, int]
@@ -75,9 +75,17 @@ class VolumePipeline:
 
     Args:
         steps: the card's ``preprocessing.steps`` (records with ``step`` = ``reorient``
-            (``codes``), ``resample`` (``spacing_mm``, ``tolerance_mm``), ``zscore``
-            (``region: all | head``: all voxels or the Otsu head), ``crop_pad`` (``size``, ``pad_value``, ``large_inputs``,
-            ``anchor`` centre | head_top, ``margin_vox``)).
+            (``codes``), ``resample`` (``spacing_mm``, ``tolerance_mm``, ``grid``), ``zscore``
+            (``region: all | head``: all voxels or the Otsu head, ``ddof``), ``crop_pad``
+            (``size``, ``pad_value``, ``large_inputs``, ``odd``, ``anchor`` centre | head_top,
+            ``margin_vox``)).
+
+    Reference-profile keys (defaults = the zoo's own profile): ``resample.grid`` ``"edges"``
+    (:class:`Resampling`: outer edges aligned, skipped within ``tolerance_mm``) or
+    ``"torchio"`` (:class:`TorchioResampling`: TorchIO's grid, image minimum outside the field
+    of view, integer inputs stay integer, skipped only when every axis is ``np.isclose`` to the
+    target, as fastMONAI); ``zscore.ddof`` 0 (population std) or 1 (torch's sample std);
+    ``crop_pad.odd`` ``"end"`` or ``"start"`` (:class:`CenterCropPadND`).
         large_inputs: override the card's ``crop_pad.large_inputs`` (``"sliding_window"``
             pads only; ``"crop"`` crops to ``size`` as the authors' code).
     Raises:
@@ -94,6 +102,9 @@ class VolumePipeline:
         self.large_inputs = "sliding_window"
         self.anchor, self.margin_vox = "centre", 4
         self.zscore_region = "all"
+        self.grid = "edges"
+        self.ddof = 0
+        self.odd = "end"
         for s in steps:
             kind = s["step"]
             if kind == "reorient":
@@ -101,17 +112,24 @@ class VolumePipeline:
             elif kind == "resample":
                 self.spacing = tuple(float(v) for v in s["spacing_mm"])
                 self.tolerance = float(s.get("tolerance_mm", 1e-3))
+                self.grid = str(s.get("grid", "edges"))
+                if self.grid not in ("edges", "torchio"):
+                    raise errors.CardError(f"volume pipeline: resample grid {self.grid!r} is not 'edges' or 'torchio'")
             elif kind == "zscore":
                 if s.get("region", "all") not in ("all", "head"):
                     raise errors.CardError(f"volume pipeline: zscore region {s.get('region')!r} is not 'all' or 'head'")
                 self.normalise = True
                 self.zscore_region = str(s.get("region", "all"))
+                self.ddof = int(s.get("ddof", 0))
             elif kind == "crop_pad":
                 self.size = tuple(int(v) for v in s["size"])
                 self.pad_value = float(s.get("pad_value", 0.0))
                 self.large_inputs = str(s.get("large_inputs", "sliding_window"))
                 self.anchor = str(s.get("anchor", "centre"))
                 self.margin_vox = int(s.get("margin_vox", 4))
+                self.odd = str(s.get("odd", "end"))
+                if self.odd not in ("end", "start"):
+                    raise errors.CardError(f"volume pipeline: crop_pad odd {self.odd!r} is not 'end' or 'start'")
             else:
                 raise errors.CardError(f"volume pipeline: unknown preprocessing step {kind!r}")
         if large_inputs is not None:
@@ -134,8 +152,12 @@ class VolumePipeline:
         shape = tuple(int(n) for n in reo.forward(np.empty(vol.shape, np.uint8)).shape)
         spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
         res = None
-        if self.spacing is not None and np.any(np.abs(spacing - np.array(self.spacing)) > self.tolerance):
+        if self.spacing is not None and self.grid == "torchio":
+            if TorchioResampling.needed(spacing, self.spacing):
+                res = TorchioResampling(shape, tuple(float(s) for s in spacing), self.spacing)
+        elif self.spacing is not None and np.any(np.abs(spacing - np.array(self.spacing)) > self.tolerance):
             res = Resampling(shape, tuple(float(s) for s in spacing), self.spacing)
+        if res is not None:
             aff, shape = res.out_affine(aff), res.out_shape
         if self.size is None:
             target: tuple[int | None, ...] = (None, None, None)
@@ -143,7 +165,7 @@ class VolumePipeline:
             target = self.size
         else:
             target = tuple(max(t, n) for t, n in zip(self.size, shape))
-        return VolumeState(reo, res, CenterCropPadND(tuple(shape), target), aff, vol.shape)
+        return VolumeState(reo, res, CenterCropPadND(tuple(shape), target, odd=self.odd), aff, vol.shape)
 
     def apply(self, vol: Volume) -> tuple[np.ndarray, VolumeState]:
         """``vol`` -> the network array.
@@ -156,14 +178,19 @@ class VolumePipeline:
             ConstantImageError: the resampled image is constant.
         """
         st = self.state(vol)
-        x = st.reorientation.forward(np.asarray(vol.array, dtype=np.float32))
-        if st.resampling is not None:
-            x = st.resampling.forward(x, order=1)
+        if isinstance(st.resampling, TorchioResampling):  # integer inputs stay integer (TorchIO)
+            x = st.reorientation.forward(np.asarray(vol.array))
+            x = st.resampling.forward(x, order=1, dtype=x.dtype)
+        else:
+            x = st.reorientation.forward(np.asarray(vol.array, dtype=np.float32))
+            if st.resampling is not None:
+                x = st.resampling.forward(x, order=1)
         head = head_mask(x) if "head" in (self.anchor, self.zscore_region) else None
         if self.anchor == "head_top":
-            st = replace(st, crop=AnchoredCropPadND(st.crop.in_size, st.crop.size, self.head_start(head, vol)))
+            st = replace(st, crop=AnchoredCropPadND(st.crop.in_size, st.crop.size, st.crop.odd,
+                                                    start=self.head_start(head, vol)))
         if self.normalise:
-            x = zscore(x, head if self.zscore_region == "head" else None, source=vol.source)
+            x = zscore(x, head if self.zscore_region == "head" else None, source=vol.source, ddof=self.ddof)
         return st.crop.forward(np.asarray(x, np.float32), self.pad_value), st
 
     def head_start(self, head: np.ndarray, vol: Volume) -> tuple[int, ...]:

@@ -1,0 +1,69 @@
+"""Converters of the authors' published weights into the zoo's ``.npz`` format, one module per
+source format:
+
+=============== ============================================ ===================================
+format          module                                       source
+=============== ============================================ ===================================
+``keras2_h5``   :mod:`zoo.converters.keras2_h5`              Keras 2 ``.h5`` (``save_weights`` or
+                                                             a full-model file), by layer order
+``monai_unet``  :mod:`zoo.converters.monai_unet`             MONAI ``UNet`` state_dict (``.pt``
+                                                             with ``weights_only=True``, or
+                                                             safetensors); torch is optional
+=============== ============================================ ===================================
+
+Each module exposes ``convert_files(build_fn, sources, out_dir, *, names=None, file_prefix="",
+storage="float32") -> list[dict]`` (card-ready records ``{"file", "sha256", "size"}``). A
+conversion either writes every output file or none: the files are converted into a temporary
+folder and published only when every member converted. A layout that does not fit raises
+:class:`zoo.errors.ConversionError` naming the upstream layer and the shapes.
+
+:func:`convert_files` dispatches by format name; :mod:`zoo.presets` uses it for the ``upstream``
+weights of the cards.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from zoo.errors import ConversionError
+
+#: Format name (a card's ``upstream.format``) -> module implementing ``convert_files``.
+FORMATS: dict[str, str] = {
+    "keras2_h5": "zoo.converters.keras2_h5",
+    "monai_unet": "zoo.converters.monai_unet",
+}
+
+__all__ = ["FORMATS", "convert_files", "module_for"]
+
+
+def module_for(fmt: str) -> Any:
+    """The converter module of format ``fmt`` (e.g. ``"keras2_h5"``).
+
+    Raises:
+        ConversionError: an unknown format, or its module cannot be imported (e.g. an optional
+            dependency such as torch is missing: the message says what to install).
+    """
+    if fmt not in FORMATS:
+        raise ConversionError(f"unknown upstream weights format {fmt!r}; known: {sorted(FORMATS)}")
+    try:
+        return importlib.import_module(FORMATS[fmt])
+    except ImportError as exc:
+        raise ConversionError(
+            f"the converter for {fmt!r} ({FORMATS[fmt]}) cannot be imported ({exc}); install "
+            "the optional dependency it names") from exc
+
+
+def convert_files(fmt: str, build_fn: Callable[[], Any], sources: Sequence[str | os.PathLike],
+                  out_dir: str | os.PathLike, **kwargs: Any) -> list[dict]:
+    """Convert upstream files of format ``fmt`` (one per ensemble member, in member order) into
+    ``out_dir`` with ``build_fn()`` building each fresh Keras model; see the module docstring.
+
+    Returns:
+        card-ready records ``{"file", "sha256", "size"}`` in ``sources`` order.
+    Raises:
+        ConversionError: unknown format, or a file that does not fit the architecture.
+    """
+    return module_for(fmt).convert_files(build_fn, sources, out_dir, **kwargs)
