@@ -9,7 +9,9 @@
 Every error a user can cause is printed as one line ``zoo: error: <message>`` on stderr
 (exit 2 for usage errors, 1 for everything else); ``--debug`` shows the traceback instead.
 Heavy imports (``zoo``, TensorFlow, pandas) happen inside the command functions so that
-argument parsing itself stays light.
+argument parsing itself stays light. TensorFlow's start-up messages are hidden (its log level is
+set before it is imported, :mod:`zoo.terminal`); commands that run a network print one line on
+stderr with the device, threads and precision; ``--verbose`` shows the framework's messages.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="show full tracebacks (and debug logging) instead of one-line errors")
+    common.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own start-up and log messages (hidden by default)")
 
     parser = _Parser(prog="zoo", description="Keras 3 model zoo for medical imaging.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -113,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "inplane_spacing_mm=[1.0,1.0]); repeatable")
     p.add_argument("--resample", action="store_true",
                    help="resample inputs on another grid onto the reference input's grid")
-    p.add_argument("--backend", choices=["keras", "onnx"], default="keras",
-                   help="run the networks with Keras (default) or onnxruntime (pip install 'zoo[onnx]')")
+    p.add_argument("--backend", choices=["auto", "keras", "onnx"], default=None,
+                   help="run the networks with Keras or onnxruntime; auto: onnxruntime when "
+                        "installed and the weights are trained (default: $ZOO_BACKEND, else the "
+                        "card's inference.backend, else keras)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", action="append", type=_key_value, default=None,
                      metavar="NAME=PATH", help="one input image (repeatable, e.g. flair=FLAIR.nii.gz)")
@@ -266,6 +272,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``zoo train`` / ``zoo finetune``: train from a recipe and print where the weights are."""
+    _framework(args)
+    _announce(args, precision=args.mixed_precision or "float32")
     from zoo.training.run import train_entry
 
     record = train_entry(
@@ -288,6 +296,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``zoo demo [NAME]``: the entry on its public sample scan; prints volumes and file paths."""
+    _framework(args)
+    _announce(args, _default_backend(args.name))
     from zoo.demo import run_demo
 
     summary = run_demo(args.name, args.out_dir, variant=args.variant, mirror=args.samples_dir)
@@ -318,6 +328,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``zoo evaluate``: per-case metrics and their summary for labelled subjects."""
+    _framework(args)
+    _announce(args, _default_backend(args.name))
     from zoo import registry
     from zoo.training import run
     from zoo.training.evaluate import evaluate
@@ -357,9 +369,33 @@ def _load(args: argparse.Namespace, options: dict[str, Any]):
     from zoo.registry import DEFAULT
 
     weights = None if args.untrained else (args.weights if args.weights is not None else DEFAULT)
-    backend = getattr(args, "backend", "keras")
-    extra = {} if backend == "keras" else {"backend": backend}
-    return zoo.load(args.name, variant=args.variant, weights=weights, options=options or None, **extra)
+    backend = getattr(args, "backend", None)
+    extra = {} if backend is None else {"backend": backend}
+    _framework(args)
+    model = zoo.load(args.name, variant=args.variant, weights=weights, options=options or None, **extra)
+    _announce(args, getattr(model, "backend", "keras"))
+    return model
+
+
+def _framework(args: argparse.Namespace) -> None:
+    """Import TensorFlow now, its start-up messages hidden unless ``--verbose``."""
+    from zoo import terminal
+
+    terminal.import_framework(args.verbose)
+
+
+def _default_backend(name: str) -> str:
+    """The backend ``zoo.load(name)`` resolves to with trained weights (for the device line)."""
+    from zoo import registry
+
+    return registry.resolve_backend(registry.card(name), None, trained=True)
+
+
+def _announce(args: argparse.Namespace, backend: str = "keras", precision: str | None = None) -> None:
+    """Print the one line with device, threads and precision (stderr; stdout stays for results)."""
+    from zoo import terminal
+
+    print(f"zoo: {terminal.device_line(backend, precision)}", file=sys.stderr)
 
 
 def _predict_one(model, inputs: dict[str, str], args: argparse.Namespace) -> int:
@@ -536,6 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else 0
+    from zoo import terminal
+
+    terminal.configure(args.verbose)  # before anything imports TensorFlow
     logging.basicConfig(format="zoo: %(levelname)s: %(message)s", level=logging.WARNING)
     if args.debug:
         logging.getLogger("zoo").setLevel(logging.DEBUG)

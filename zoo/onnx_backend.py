@@ -17,6 +17,7 @@ them :func:`require` raises :class:`~zoo.errors.BackendError` naming the fix.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,8 @@ OPSET = 17
 #: Name of the single output of every exported graph.
 OUTPUT_NAME = "output"
 BACKENDS = ("keras", "onnx")
+
+log = logging.getLogger(__name__)
 
 
 def available() -> bool:
@@ -232,13 +235,19 @@ def onnx_members(entry: str, variant: str, models: Sequence[Any], *,
     require()
     out = []
     for i, model in enumerate(models):
-        if cache:
-            path = cache_dir() / entry / variant / f"member{i}-{weights_digest(model)}.onnx"
-            if not path.is_file():
-                to_onnx(model, path)
+        path = cache_dir() / entry / variant / f"member{i}-{weights_digest(model)}.onnx"
+        if cache and path.is_file():
             out.append(OnnxMember(path, name=f"member{i}"))
-        else:
-            out.append(OnnxMember(to_onnx(model), name=f"member{i}"))
+            continue
+        log.info("%s %s member%d: converting to ONNX once (cached in %s)", entry, variant, i, path.parent)
+        proto = to_onnx(model)
+        if cache:
+            try:
+                write_model(proto, path)
+            except OSError as exc:  # read-only cache: run from memory, convert again next time
+                log.warning("ONNX cache %s is not writable (%s); set ZOO_HOME to a writable folder "
+                            "to keep converted graphs", path.parent, exc)
+        out.append(OnnxMember(proto, name=f"member{i}"))
     return out
 
 
