@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", parents=[common], help="export an entry's networks (ONNX)",
         description="Export an entry's trained members as ONNX graphs (float32, named inputs, "
-                    "dynamic batch axis). Needs the optional extra: pip install 'zoo[onnx]'.",
+                    "dynamic batch axis). Needs tf2onnx and onnxruntime (dependencies of the zoo).",
         epilog="One member (or --fused) is written to FILE; several members to "
                "FILE-stem.member0.onnx, FILE-stem.member1.onnx, ... beside FILE.")
     p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
@@ -223,12 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib import metadata
+    import zoo
 
-    try:
-        return metadata.version("zoo")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return zoo.__version__
 
 
 # --- commands ----------------------------------------------------------------------------------

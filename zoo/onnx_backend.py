@@ -10,8 +10,9 @@ names (``image``, ``ct_crop``, ``sources`` + ``condition``...), its single outpu
 on a Keras member (``member(x, training=False)``, ``predict_on_batch``, ``predict``), so every
 entry's ``predict`` flow runs unchanged on either backend.
 
-``tf2onnx`` and ``onnxruntime`` are an optional extra (``pip install 'zoo[onnx]'``); without
-them :func:`require` raises :class:`~zoo.errors.BackendError` naming the fix.
+``tf2onnx`` and ``onnxruntime`` are dependencies of the package (``wmh_ensemble`` runs on
+onnxruntime by default); where they are missing anyway, :func:`require` raises
+:class:`~zoo.errors.BackendError` naming the fix and ``backend="auto"`` falls back to Keras.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def require() -> None:
     if missing:
         raise errors.BackendError(
             f"the ONNX backend needs {' and '.join(missing)}, which are not installed; "
-            "install the optional extra with: pip install 'zoo[onnx]'")
+            "they are dependencies of the zoo; reinstall it (pip install -e .) or run: "
+            f"pip install {' '.join(missing)}")
 
 
 def input_names(model: Any) -> list[str]:

@@ -41,7 +41,8 @@ def card(name: str) -> ModelCard:
 
 def list_entries():
     """One row per registered entry as a ``pandas.DataFrame``: name, task, modalities,
-    version, variants, default variant and weights status."""
+    version, variants, default variant and weights status per variant (``bundled``,
+    ``ZOO_WEIGHTS_DIR``, ``cached``, ``download`` (card URLs), ``missing`` or ``none shipped``)."""
     import pandas as pd
 
     rows = []
@@ -65,6 +66,11 @@ def _weights_status(records: list[dict]) -> str:
         return "none shipped"
     if all(weights_mod.bundled_path(r["file"]) is not None for r in records):
         return "bundled"
+    if all(weights_mod.weights_dir_path(r["file"]) is not None
+           or weights_mod.bundled_path(r["file"]) is not None for r in records):
+        return "ZOO_WEIGHTS_DIR"
+    if all((weights_mod.cache_dir() / r["file"]).is_file() for r in records):
+        return "cached"
     return "download" if all(r.get("urls") for r in records) else "missing"
 
 
