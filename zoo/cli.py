@@ -357,7 +357,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.output.name.lower().endswith(".onnx"):
         raise UsageError(f"-o {args.output}: the output file must end in .onnx")
     onnx_backend.require()  # before loading anything
-    model = _load(args, _unique(args.option, "--option"))
+    model = _load(args, _unique(args.option, "--option"), announce=False)  # converts, runs nothing
     for path in onnx_backend.export(model, args.output, fused=args.fused):
         print(path)
     return 0
@@ -401,7 +401,8 @@ def _unique(pairs: list[tuple[str, Any]], flag: str) -> dict[str, Any]:
     return out
 
 
-def _load(args: argparse.Namespace, options: dict[str, Any]):
+def _load(args: argparse.Namespace, options: dict[str, Any], announce: bool = True):
+    """``zoo.load`` from the command's arguments; with ``announce``, the device line after it."""
     import zoo
     from zoo.registry import DEFAULT
 
@@ -410,7 +411,8 @@ def _load(args: argparse.Namespace, options: dict[str, Any]):
     extra = {} if backend is None else {"backend": backend}
     _framework(args)
     model = zoo.load(args.name, variant=args.variant, weights=weights, options=options or None, **extra)
-    _announce(args, getattr(model, "backend", "keras"))
+    if announce:
+        _announce(args, getattr(model, "backend", "keras"))
     return model
 
 
