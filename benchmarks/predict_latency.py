@@ -2,6 +2,7 @@
 
     python benchmarks/predict_latency.py                       # wmh_ensemble, spine_vertebrae, claustrum_multiview
     python benchmarks/predict_latency.py --entries wmh_ensemble --repeats 5 --json runs/latency.json
+    python benchmarks/predict_latency.py --entries wmh_ensemble --backend keras default   # each step's ratio
 
 For each entry, on a real scan from ``../shared/data`` (or ``$ZOO_SHARED_DATA``):
 
@@ -9,11 +10,13 @@ For each entry, on a real scan from ``../shared/data`` (or ``$ZOO_SHARED_DATA``)
   ``keras.Model.predict`` in float32 on every slice/window (``wmh_ensemble``: card option
   ``skip_slices=none``, i.e. the end-slice band is predicted and then zeroed, as the authors'
   code does);
-* **ours**: ``zoo.load(..., backend=B)`` with the card's defaults (``wmh_ensemble``: the
-  end-slice band, whose output is zeroed anyway, is not run) and ``--backend`` (default
-  ``onnx``: onnxruntime; ``keras``: the members fused into one Keras graph, batched).
+* **ours**, once per ``--backend`` given (the steps; each step's ratio is printed):
+  ``default``: ``zoo.load(...)`` without options, what a user gets (``wmh_ensemble``: card
+  ``inference.backend: auto``, onnxruntime when installed; the end-slice band, zeroed anyway,
+  and brainless slices are not run); ``onnx``: onnxruntime; ``keras``: the members fused into
+  one Keras graph, batched.
 
-Both run once to warm up (graph tracing, session creation; on a central slab of
+All run once to warm up (graph tracing, session creation; on a central slab of
 ``WARMUP_SLICES`` slices), then ``--repeats`` times,
 interleaved (baseline, ours, baseline, ...) so that load from other processes hits both
 alike; the median seconds per volume are reported with their ratio, the peak resident memory
@@ -44,7 +47,8 @@ DATA = Path(os.environ.get("ZOO_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 #: entry -> (variant, {input name: path relative to the data folder}).
 CASES: dict[str, tuple[str | None, dict[str, str]]] = {
-    "wmh_ensemble": ("flair", {"flair": "open_ms/mni/patient19/flair.nii.gz"}),
+    "wmh_ensemble": (None, {"flair": "open_ms/mni/patient19/flair.nii.gz",  # default variant flair_t1
+                            "t1": "open_ms/mni/patient19/t1.nii.gz"}),
     "spine_vertebrae": (None, {"t2": "spine_chu/case02/image.nii.gz"}),
     "claustrum_multiview": (None, {"t1": "ixi002/t1.nii.gz"}),
 }
@@ -128,6 +132,23 @@ def layer_flops(model: Any) -> int:
     return int(total)
 
 
+def cpu_flags() -> str:
+    """The SIMD flags of the CPU that matter for inference (Linux /proc/cpuinfo), e.g. ``avx2 fma``."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
+    except OSError:
+        return "unknown"
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
+    return " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def bf16_supported() -> bool:
     """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
     try:
@@ -153,28 +174,35 @@ def label_output(pred: Any) -> np.ndarray:
 
 
 # --- one entry ---------------------------------------------------------------------------------------
-def _load_pair(entry: str, variant: str | None, backend: str):
-    """(baseline model, ours model, weights note): same card, same weights."""
+def _load_models(entry: str, variant: str | None, backends: list[str]):
+    """(baseline model, {step name: model}, weights note): same card, same weights.
+
+    A step is ``default`` (``zoo.load`` without a backend: the card's choice), ``keras`` or
+    ``onnx``; its members are wrapped in :class:`Counted`."""
     import zoo
     from zoo import errors
     from zoo.model import ZooModel
 
+    kw: dict[str, Any] = {"variant": variant}
     try:
-        ours = zoo.load(entry, variant=variant, backend=backend)
+        zoo.card(entry).variant(variant)
+        first = zoo.load(entry, backend="keras", **kw)
         note = "card weights"
     except errors.WeightsNotAvailableError:
-        ours = zoo.load(entry, variant=variant, weights=None, backend=backend)
+        kw["weights"] = None
+        first = zoo.load(entry, backend="keras", **kw)
         note = "untrained (no weights shipped; timing only)"
-    card = ours.card.with_options(BASELINE_OPTIONS.get(entry)) if entry in BASELINE_OPTIONS else ours.card
-    keras_models = ours.keras_models
-    if backend == "keras":  # ours runs the fused graph; the baseline gets separate Keras objects
-        ours = ZooModel(ours.card, ours.variant, keras_models, ours._entry, ours.weights_source)
-    base = ZooModel(card, ours.variant, [Counted(m, "predict") for m in keras_models], ours._entry,
-                    ours.weights_source)
-    if backend == "onnx":
-        ours = ZooModel(ours.card, ours.variant, [Counted(m, "call") for m in ours.models], ours._entry,
-                        ours.weights_source, backend="onnx", keras_models=keras_models)
-    return base, ours, note
+    card = first.card.with_options(BASELINE_OPTIONS.get(entry)) if entry in BASELINE_OPTIONS else first.card
+    base = ZooModel(card, first.variant, [Counted(m, "predict") for m in first.keras_models], first._entry,
+                    first.weights_source, keras_models=first.keras_models)
+    steps = {}
+    for step in backends:
+        m = zoo.load(entry, **kw) if step == "default" else zoo.load(entry, backend=step, **kw)
+        if m.backend != "keras":  # Keras members stay bare: they are fused into one graph
+            m = ZooModel(m.card, m.variant, [Counted(x, "call") for x in m.models], m._entry,
+                         m.weights_source, backend=m.backend, keras_models=m.keras_models)
+        steps[step] = m
+    return base, steps, note
 
 
 def _timed(model: Any, inputs: dict[str, Any]) -> tuple[float, int, Any]:
@@ -198,9 +226,9 @@ def central_slab(vol: Any, n: int) -> Any:
     return Volume(np.ascontiguousarray(vol.array[:, :, k0:k0 + n]), aff, header, vol.source)
 
 
-def bench_entry(entry: str, repeats: int, backend: str, slab: int | None = None,
-                budget_s: float | None = None) -> dict[str, Any]:
-    """Time baseline and ours on the entry's case; returns the figures as a dict.
+def bench_entry(entry: str, repeats: int, backends: list[str], slab: int | None = None,
+                budget_s: float | None = None, warmup_slices: int = WARMUP_SLICES) -> dict[str, Any]:
+    """Time the baseline and each step (``backends``) on the entry's case; returns the figures.
 
     ``budget_s`` stops the timed repeats early (after at least one) when the next pair of runs
     would end past it; the number of runs used is reported."""
@@ -211,25 +239,28 @@ def bench_entry(entry: str, repeats: int, backend: str, slab: int | None = None,
     inputs = {k: read_volume(p, k) for k, p in paths.items()}  # read once: time the prediction
     if slab:
         inputs = {k: central_slab(v, slab) for k, v in inputs.items()}
-    base, ours, note = _load_pair(entry, variant, backend)
-    flops_per_sample = [layer_flops(m) for m in ours.keras_models]
-    runs: dict[str, list[float]] = {"baseline": [], "ours": []}
-    mem: dict[str, int] = {"baseline": 0, "ours": 0}
+    base, steps, note = _load_models(entry, variant, backends)
+    models = {"baseline": base, **steps}
+    flops_per_sample = [layer_flops(m) for m in base.keras_models]
+    runs: dict[str, list[float]] = {name: [] for name in models}
+    mem: dict[str, int] = {name: 0 for name in models}
     preds: dict[str, Any] = {}
     samples: dict[str, int] = {}
-    warm = {k: central_slab(v, min(WARMUP_SLICES, v.shape[2])) for k, v in inputs.items()}
+    warm = {k: central_slab(v, min(warmup_slices, v.shape[2])) for k, v in inputs.items()}
     t_start = time.perf_counter()
     for i in range(repeats + 1):  # run 0 is the warm-up, on a slab (graph tracing, sessions)
         if i > 1 and budget_s is not None:
-            pair = runs["baseline"][-1] + runs["ours"][-1]
+            pair = sum(r[-1] for r in runs.values())
             if time.perf_counter() - t_start + pair > budget_s:
                 print(f"  {entry}: time budget reached, {i - 1} timed run(s) of {repeats}", flush=True)
                 break
-        for name, model in (("baseline", base), ("ours", ours)):
+        for name, model in models.items():
             for m in model.models:
-                m.samples = 0
+                if isinstance(m, Counted):
+                    m.samples = 0
             seconds, peak, pred = _timed(model, inputs if i else warm)
-            samples[name] = sum(m.samples for m in model.models)
+            samples[name] = sum(getattr(m, "samples", 0) for m in model.models) or (
+                int(pred.qc.get("slices_run", 0)) * len(model.models))  # fused Keras graph: from QC
             if i:
                 runs[name].append(seconds)
                 mem[name] = max(mem[name], peak)
@@ -238,16 +269,20 @@ def bench_entry(entry: str, repeats: int, backend: str, slab: int | None = None,
     per_sample = float(np.mean(flops_per_sample))
     res: dict[str, Any] = {"entry": entry, "variant": base.variant, "weights": note,
                            "input": {k: str(v.relative_to(DATA)) for k, v in paths.items()},
-                           "shape": list(next(iter(inputs.values())).shape), "backend": backend,
-                           "repeats": len(runs["ours"]), "slab": slab, "gflop_per_sample_per_member": per_sample / 1e9}
+                           "shape": list(next(iter(inputs.values())).shape),
+                           "steps": {k: m.backend for k, m in steps.items()},
+                           "repeats": len(runs["baseline"]), "slab": slab,
+                           "gflop_per_sample_per_member": per_sample / 1e9}
     for name in runs:
         med = statistics.median(runs[name])
         gflop = per_sample * samples[name] / 1e9
         res[name] = {"seconds": med, "runs": [round(s, 3) for s in runs[name]],
                      "peak_rss_mb": mem[name] / 2**20, "network_samples": samples[name],
                      "gflop": gflop, "gflop_per_s": gflop / med}
-    res["ratio"] = res["ours"]["seconds"] / res["baseline"]["seconds"]
-    res["dice_vs_baseline"] = dice(label_output(preds["ours"]), label_output(preds["baseline"]))
+    for name in steps:
+        res[name]["ratio"] = res[name]["seconds"] / res["baseline"]["seconds"]
+        res[name]["dice_vs_baseline"] = dice(label_output(preds[name]), label_output(preds["baseline"]))
+        res[name]["backend"] = steps[name].backend
     return res
 
 
@@ -255,31 +290,39 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--entries", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (median)")
-    p.add_argument("--backend", choices=["onnx", "keras"], default="onnx", help="backend of 'ours'")
+    p.add_argument("--backend", nargs="+", choices=["default", "onnx", "keras"], default=["default"],
+                   help="the steps timed against the baseline (default: default = zoo.load without options)")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="per entry: stop the repeats early (after one) if the next would end past it")
+    p.add_argument("--warmup-slices", type=int, default=WARMUP_SLICES, metavar="N",
+                   help=f"slices of the warm-up run (default {WARMUP_SLICES}; a loaded machine: fewer)")
     p.add_argument("--slab", type=int, default=None, metavar="N",
                    help="time only the central N slices along voxel axis k (smoke tests; default: whole volume)")
     args = p.parse_args(argv)
     if not (DATA / "README.md").is_file():
         print(f"real scans not found at {DATA} (set ZOO_SHARED_DATA)", file=sys.stderr)
         return 2
+    print(f"CPU flags: {cpu_flags()}; load average at start: {load_average()} (1, 5, 15 min)")
     print(f"CPU cores: {os.cpu_count()}, bfloat16 in hardware: {bf16_supported()} "
           f"({'not used: no AVX512-BF16/AMX, it would be emulated and slower' if not bf16_supported() else 'available'})")
     results = []
     for entry in args.entries:
         r = bench_entry(entry, args.repeats, args.backend, args.slab,
-                        None if args.budget_minutes is None else 60 * args.budget_minutes)
+                        None if args.budget_minutes is None else 60 * args.budget_minutes,
+                        args.warmup_slices)
         results.append(r)
-        b, o = r["baseline"], r["ours"]
+        b = r["baseline"]
         print(f"{entry} ({r['variant']}, {r['weights']}, input {r['shape']}, median of {r['repeats']} run(s)): "
-              f"baseline {b['seconds']:.2f} s/volume, ours ({args.backend}) {o['seconds']:.2f} s/volume, "
-              f"ratio {r['ratio']:.3f}; peak RSS +{b['peak_rss_mb']:.0f} / +{o['peak_rss_mb']:.0f} MB; "
-              f"network {r['gflop_per_sample_per_member']:.2f} GFLOP per sample per member, "
-              f"{b['network_samples']} / {o['network_samples']} member-samples, "
-              f"{b['gflop_per_s']:.1f} / {o['gflop_per_s']:.1f} GFLOP/s; "
-              f"Dice ours vs baseline {r['dice_vs_baseline']:.4f}", flush=True)
+              f"baseline {b['seconds']:.2f} s/volume, peak RSS +{b['peak_rss_mb']:.0f} MB, "
+              f"{b['network_samples']} member-samples, {b['gflop_per_s']:.1f} GFLOP/s; network "
+              f"{r['gflop_per_sample_per_member']:.2f} GFLOP per sample per member", flush=True)
+        for name in args.backend:
+            o = r[name]
+            print(f"  step {name} ({o['backend']}): {o['seconds']:.2f} s/volume, ratio {o['ratio']:.3f}, "
+                  f"Dice vs baseline {o['dice_vs_baseline']:.4f}; peak RSS +{o['peak_rss_mb']:.0f} MB, "
+                  f"{o['network_samples']} member-samples, {o['gflop_per_s']:.1f} GFLOP/s", flush=True)
+    print(f"load average at end: {load_average()} (1, 5, 15 min)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")

@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite runs the Keras backend unless ZOO_BACKEND says otherwise: with every test's own
+# empty ZOO_HOME, the card default (wmh_ensemble: auto = onnxruntime) would convert the members
+# to ONNX again in each test. The ONNX path and the default's resolution have their own tests
+# (test_onnx.py); ZOO_BACKEND=auto runs the whole suite on the default path.
+os.environ.setdefault("ZOO_BACKEND", "keras")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("ZOO_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,9 @@ def cached_load(monkeypatch, shared_model):
 
 
 def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.strip()]
+    """Non-empty stderr lines other than the one device line (``zoo: CPU, 2 threads, float32 ...``)."""
+    return [line for line in err.splitlines()
+            if line.strip() and not re.match(r"zoo: (CPU|GPU x\d+), ", line)]
 
 
 # --- list / card ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Every registered entry's member exports to a float32 graph with named, batch-dyn
 whose onnxruntime output equals Keras' (max abs difference < 1e-4); ``wmh_ensemble`` with its
 shipped weights is checked on real preprocessed slices, through ``zoo export`` and through
 ``zoo.load(..., backend="onnx")`` (same masks as the Keras backend). The tests skip with a
-reason when the optional extra (``pip install 'zoo[onnx]'``) is not installed, and per entry
+reason when tf2onnx/onnxruntime (dependencies of the zoo) are not installed, and per entry
 when the entry's module is not importable yet.
 """
 
@@ -23,7 +23,7 @@ from zoo import errors, onnx_backend, registry
 from zoo.cli import main
 
 needs_onnx = pytest.mark.skipif(not onnx_backend.available(),
-                                reason="tf2onnx/onnxruntime not installed (pip install 'zoo[onnx]')")
+                                reason="tf2onnx/onnxruntime not installed (pip install -e .)")
 TOL = 1e-4
 MEMBER0 = REPO / "weights" / "wmh_ensemble" / "flair" / "member0.npz"
 
@@ -46,8 +46,28 @@ def test_unknown_backend_and_missing_extra(monkeypatch):
     with pytest.raises(errors.BackendError, match="unknown backend 'torch'"):
         zoo.load("wmh_ensemble", variant="flair", weights=None, backend="torch")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
-    with pytest.raises(errors.BackendError, match=r"pip install 'zoo\[onnx\]'"):
+    with pytest.raises(errors.BackendError, match=r"pip install onnxruntime"):
         zoo.load("wmh_ensemble", variant="flair", weights=None, backend="onnx")
+
+
+def test_default_backend_resolution(monkeypatch):
+    """None -> $ZOO_BACKEND -> the card's inference.backend -> keras; auto -> onnx only with the
+    extra installed and trained weights (wmh_ensemble's card says auto)."""
+    wmh_card, spine_card = registry.card("wmh_ensemble"), registry.card("spine_vertebrae")
+    monkeypatch.delenv(registry.BACKEND_ENV, raising=False)
+    assert wmh_card["inference"]["backend"] == "auto"
+    assert registry.resolve_backend(spine_card, None, trained=True) == "keras"
+    monkeypatch.setattr(onnx_backend, "available", lambda: True)
+    assert registry.resolve_backend(wmh_card, None, trained=True) == "onnx"
+    assert registry.resolve_backend(wmh_card, None, trained=False) == "keras"
+    assert registry.resolve_backend(wmh_card, "keras", trained=True) == "keras"
+    monkeypatch.setattr(onnx_backend, "available", lambda: False)
+    assert registry.resolve_backend(wmh_card, None, trained=True) == "keras"
+    monkeypatch.setenv(registry.BACKEND_ENV, "onnx")
+    assert registry.resolve_backend(wmh_card, None, trained=True) == "onnx"
+    monkeypatch.setenv(registry.BACKEND_ENV, "torch")
+    with pytest.raises(errors.BackendError, match="unknown backend 'torch'"):
+        registry.resolve_backend(wmh_card, None, trained=True)
 
 
 # --- every entry -----------------------------------------------------------------------------------
@@ -84,13 +104,13 @@ def wmh(tmp_path_factory):
     """Keras and ONNX ZooModels of wmh_ensemble (flair, member0 of the shipped weights) and
     the ONNX cache folder they used."""
     if not onnx_backend.available():
-        pytest.skip("tf2onnx/onnxruntime not installed (pip install 'zoo[onnx]')")
+        pytest.skip("tf2onnx/onnxruntime not installed (pip install -e .)")
     home = tmp_path_factory.mktemp("onnx_home")
     old = os.environ.get("ZOO_HOME")
     os.environ["ZOO_HOME"] = str(home)
     try:
         kw = dict(variant="flair", weights=str(MEMBER0), options={"n_members": 1})
-        k = zoo.load("wmh_ensemble", **kw)
+        k = zoo.load("wmh_ensemble", backend="keras", **kw)
         o = zoo.load("wmh_ensemble", backend="onnx", **kw)
     finally:
         if old is None:
@@ -188,5 +208,5 @@ def test_cli_predict_backend_flag_reaches_load(tmp_path, monkeypatch, capsys):
     args = ["predict", "wmh_ensemble", "--untrained", "--input", "flair=x.nii.gz", "-o", str(tmp_path)]
     assert main([*args, "--backend", "onnx"]) == 1
     assert main(args) == 1
-    assert calls[0]["backend"] == "onnx" and "backend" not in calls[1]  # keras: the default call
+    assert calls[0]["backend"] == "onnx" and "backend" not in calls[1]  # None: the card's default
     assert capsys.readouterr().err.count("zoo: error: stop here") == 2

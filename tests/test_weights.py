@@ -232,6 +232,25 @@ def test_resolution_order_explicit_cache_bundled(tmp_path, isolated):
     assert weights.resolve([rec], "tiny_entry", "default") == [bundled]
 
 
+def test_weights_dir_env_comes_after_explicit_and_before_cache(tmp_path, isolated, monkeypatch):
+    """$ZOO_WEIGHTS_DIR (laid out like the repository's weights/): how a wheel finds weights."""
+    rec = record(PAYLOAD)
+    folder = tmp_path / "wdir"
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
+    with pytest.raises(WeightsNotAvailableError, match=f"ZOO_WEIGHTS_DIR {folder / REL}"):
+        weights.resolve([rec], "tiny_entry", "default")
+    in_dir = put(folder / REL, PAYLOAD)
+    cached = put(isolated["cache"] / REL, PAYLOAD)
+    explicit = put(tmp_path / "mine" / "member0.npz", PAYLOAD)
+    assert weights.resolve([rec], "tiny_entry", "default") == [in_dir]
+    assert weights.resolve([rec], "tiny_entry", "default", explicit=explicit) == [explicit]
+    in_dir.write_bytes(PAYLOAD + b"!")  # a wrong file there is an error, not skipped
+    with pytest.raises(ChecksumError, match=str(in_dir)):
+        weights.resolve([rec], "tiny_entry", "default")
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, "")
+    assert weights.resolve([rec], "tiny_entry", "default") == [cached]
+
+
 def test_resolve_several_members_keeps_order(tmp_path, isolated):
     data = [PAYLOAD + bytes([i]) for i in range(3)]
     recs = [record(d, rel=f"tiny_entry/default/member{i}.npz") for i, d in enumerate(data)]

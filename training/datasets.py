@@ -981,12 +981,12 @@ def export_lidc_pylidc(out_dir: str | Path, *, margin_vox: int = 20, min_rating_
     Returns:
         ``out_dir``.
     Raises:
-        ImportError: pylidc is not installed (``pip install zoo[lidc]``).
+        ImportError: pylidc is not installed (``pip install 'keras-medzoo[lidc]'``).
     """
     try:
         import pylidc as pl  # noqa: F401
     except ImportError:
-        raise ImportError("the LIDC-IDRI DICOM adapter needs pylidc: pip install 'zoo[lidc]' "
+        raise ImportError("the LIDC-IDRI DICOM adapter needs pylidc: pip install 'keras-medzoo[lidc]' "
                           "(or pip install pylidc), then configure ~/.pylidcrc with the DICOM path") from None
     import math
 

@@ -9,7 +9,9 @@
 Every error a user can cause is printed as one line ``zoo: error: <message>`` on stderr
 (exit 2 for usage errors, 1 for everything else); ``--debug`` shows the traceback instead.
 Heavy imports (``zoo``, TensorFlow, pandas) happen inside the command functions so that
-argument parsing itself stays light.
+argument parsing itself stays light. TensorFlow's start-up messages are hidden (its log level is
+set before it is imported, :mod:`zoo.terminal`); commands that run a network print one line on
+stderr with the device, threads and precision; ``--verbose`` shows the framework's messages.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="show full tracebacks (and debug logging) instead of one-line errors")
+    common.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own start-up and log messages (hidden by default)")
 
     parser = _Parser(prog="zoo", description="Keras 3 model zoo for medical imaging.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -99,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="--input-list CSV: a column 'subject' (or 'id') and one column per input name "
                "(e.g. flair,t1[,brain_mask]); empty cells leave an optional input out; relative "
                "paths are relative to the CSV's folder. Outputs go to OUT_DIR/<subject>/ and a "
-               "report CSV is written; the exit status is 1 if any subject failed.")
+               "report CSV is written; the exit status is 1 if any subject failed. --bids: "
+               "OUT_DIR is a BIDS-derivative dataset (sub-*/[ses-*/]anat/*_space-orig_desc-*_"
+               "mask|probseg.nii.gz with JSON sidecars, dataset_description.json), same report.")
     p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
     p.add_argument("--variant", help="variant (default: the card's default_variant)")
     w = p.add_mutually_exclusive_group()
@@ -113,18 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "inplane_spacing_mm=[1.0,1.0]); repeatable")
     p.add_argument("--resample", action="store_true",
                    help="resample inputs on another grid onto the reference input's grid")
-    p.add_argument("--backend", choices=["keras", "onnx"], default="keras",
-                   help="run the networks with Keras (default) or onnxruntime (pip install 'zoo[onnx]')")
+    p.add_argument("--backend", choices=["auto", "keras", "onnx"], default=None,
+                   help="run the networks with Keras or onnxruntime; auto: onnxruntime when "
+                        "installed and the weights are trained (default: $ZOO_BACKEND, else the "
+                        "card's inference.backend, else keras)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", action="append", type=_key_value, default=None,
                      metavar="NAME=PATH", help="one input image (repeatable, e.g. flair=FLAIR.nii.gz)")
     src.add_argument("--input-list", type=Path, metavar="CSV", help="a cohort CSV (see below)")
+    src.add_argument("--bids", type=Path, metavar="DATASET_DIR",
+                     help="a BIDS dataset: inputs found by subject, session and suffix (FLAIR, "
+                          "T1w, T2w); outputs written as BIDS derivatives (pip install 'keras-medzoo[bids]')")
+    p.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                   help="with --bids: only these subjects (01 or sub-01)")
+    p.add_argument("--session", nargs="+", metavar="LABEL",
+                   help="with --bids: only these sessions (1 or ses-1)")
     p.add_argument("-o", "--output", "--out-dir", dest="out_dir", type=Path, required=True,
                    metavar="OUT_DIR", help="output folder")
     p.add_argument("--shard", type=_shard, metavar="i/n",
-                   help="with --input-list: process only rows p (0-based) with p %% n == i-1")
+                   help="with --input-list/--bids: process only cases p (0-based) with p %% n == i-1")
     p.add_argument("--report", type=Path, metavar="FILE",
-                   help="with --input-list: report CSV (default OUT_DIR/report.csv, or "
+                   help="with --input-list/--bids: report CSV (default OUT_DIR/report.csv, or "
                         "OUT_DIR/report_shard{i}of{n}.csv with --shard)")
     p.set_defaults(func=cmd_predict)
 
@@ -182,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", parents=[common], help="export an entry's networks (ONNX)",
         description="Export an entry's trained members as ONNX graphs (float32, named inputs, "
-                    "dynamic batch axis). Needs the optional extra: pip install 'zoo[onnx]'.",
+                    "dynamic batch axis). Needs tf2onnx and onnxruntime (dependencies of the zoo).",
         epilog="One member (or --fused) is written to FILE; several members to "
                "FILE-stem.member0.onnx, FILE-stem.member1.onnx, ... beside FILE.")
     p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
@@ -217,12 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib import metadata
+    import zoo
 
-    try:
-        return metadata.version("zoo")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return zoo.__version__
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -253,19 +265,52 @@ def cmd_card(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``zoo predict NAME``: one subject (``--input``) or a cohort (``--input-list``)."""
     options = _unique(args.option, "--option")
+    if args.bids is None and (args.participant_label or args.session):
+        raise UsageError("--participant-label and --session need --bids (see 'zoo predict --help')")
     if args.input is not None:
         if args.shard is not None or args.report is not None:
-            raise UsageError("--shard and --report need --input-list (see 'zoo predict --help')")
+            raise UsageError("--shard and --report need --input-list or --bids (see 'zoo predict --help')")
         inputs = _unique(args.input, "--input")
         model = _load(args, options)
         return _predict_one(model, inputs, args)
+    if args.bids is not None:
+        return _predict_bids(args, options)
     cohort = read_input_list(args.input_list, args.shard)
     model = _load(args, options)
-    return _predict_batch(model, cohort, args)
+    _check_columns(model, cohort, args.input_list)
+    return _predict_batch(model, cohort, args, source=args.input_list)
+
+
+def _predict_bids(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """``--bids``: cases from the dataset's layout, outputs as BIDS derivatives."""
+    from zoo import bids_io, registry
+
+    bids_io.require()  # before loading anything: a missing extra is a one-line error
+    bids_io.check_destination(args.out_dir, args.bids)
+    card = registry.card(args.name).with_options(options)
+    cases = _take_shard(bids_io.find_cases(args.bids, card, args.variant, args.participant_label,
+                                           args.session), args.shard)
+    model = _load(args, options)
+    writer = bids_io.DerivativeWriter(args.out_dir, args.bids, model, options, args.resample)
+    writer.write_description()
+    cohort = [(c.id, c.inputs) for c in cases]
+    problems = {c.id: c.problem for c in cases if c.problem is not None}
+    by_id = {c.id: c for c in cases}
+    return _predict_batch(model, cohort, args, source=args.bids, problems=problems,
+                          save=lambda case_id, pred: writer.save(by_id[case_id], pred))
+
+
+def _take_shard(items: list, shard: tuple[int, int] | None) -> list:
+    """Items at 0-based positions ``p`` with ``p % n == i - 1`` for ``shard=(i, n)``; all for None."""
+    if shard is None:
+        return list(items)
+    return [x for pos, x in enumerate(items) if pos % shard[1] == shard[0] - 1]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``zoo train`` / ``zoo finetune``: train from a recipe and print where the weights are."""
+    _framework(args)
+    _announce(args, precision=args.mixed_precision or "float32")
     from zoo.training.run import train_entry
 
     record = train_entry(
@@ -288,6 +333,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``zoo demo [NAME]``: the entry on its public sample scan; prints volumes and file paths."""
+    _framework(args)
+    _announce(args, _default_backend(args.name))
     from zoo.demo import run_demo
 
     summary = run_demo(args.name, args.out_dir, variant=args.variant, mirror=args.samples_dir)
@@ -310,7 +357,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.output.name.lower().endswith(".onnx"):
         raise UsageError(f"-o {args.output}: the output file must end in .onnx")
     onnx_backend.require()  # before loading anything
-    model = _load(args, _unique(args.option, "--option"))
+    model = _load(args, _unique(args.option, "--option"), announce=False)  # converts, runs nothing
     for path in onnx_backend.export(model, args.output, fused=args.fused):
         print(path)
     return 0
@@ -318,6 +365,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``zoo evaluate``: per-case metrics and their summary for labelled subjects."""
+    _framework(args)
+    _announce(args, _default_backend(args.name))
     from zoo import registry
     from zoo.training import run
     from zoo.training.evaluate import evaluate
@@ -352,14 +401,40 @@ def _unique(pairs: list[tuple[str, Any]], flag: str) -> dict[str, Any]:
     return out
 
 
-def _load(args: argparse.Namespace, options: dict[str, Any]):
+def _load(args: argparse.Namespace, options: dict[str, Any], announce: bool = True):
+    """``zoo.load`` from the command's arguments; with ``announce``, the device line after it."""
     import zoo
     from zoo.registry import DEFAULT
 
     weights = None if args.untrained else (args.weights if args.weights is not None else DEFAULT)
-    backend = getattr(args, "backend", "keras")
-    extra = {} if backend == "keras" else {"backend": backend}
-    return zoo.load(args.name, variant=args.variant, weights=weights, options=options or None, **extra)
+    backend = getattr(args, "backend", None)
+    extra = {} if backend is None else {"backend": backend}
+    _framework(args)
+    model = zoo.load(args.name, variant=args.variant, weights=weights, options=options or None, **extra)
+    if announce:
+        _announce(args, getattr(model, "backend", "keras"))
+    return model
+
+
+def _framework(args: argparse.Namespace) -> None:
+    """Import TensorFlow now, its start-up messages hidden unless ``--verbose``."""
+    from zoo import terminal
+
+    terminal.import_framework(args.verbose)
+
+
+def _default_backend(name: str) -> str:
+    """The backend ``zoo.load(name)`` resolves to with trained weights (for the device line)."""
+    from zoo import registry
+
+    return registry.resolve_backend(registry.card(name), None, trained=True)
+
+
+def _announce(args: argparse.Namespace, backend: str = "keras", precision: str | None = None) -> None:
+    """Print the one line with device, threads and precision (stderr; stdout stays for results)."""
+    from zoo import terminal
+
+    print(f"zoo: {terminal.device_line(backend, precision)}", file=sys.stderr)
 
 
 def _predict_one(model, inputs: dict[str, str], args: argparse.Namespace) -> int:
@@ -422,9 +497,7 @@ def read_input_list(csv_path: Path, shard: tuple[int, int] | None = None) -> lis
                                 f"each subject's outputs go to OUT_DIR/<subject>/")
     base = csv_path.resolve().parent
     rows = []
-    for pos, (subject, (_, row)) in enumerate(zip(subjects, table.iterrows())):
-        if shard is not None and pos % shard[1] != shard[0] - 1:
-            continue
+    for subject, (_, row) in _take_shard(list(zip(subjects, table.iterrows())), shard):
         inputs = {}
         for col in table.columns:
             value = str(row[col]).strip()
@@ -460,14 +533,27 @@ def _report_path(args: argparse.Namespace) -> Path:
     return args.out_dir / name
 
 
-def _predict_batch(model, cohort: list[tuple[str, dict[str, str]]], args: argparse.Namespace) -> int:
+def _predict_batch(model, cohort: list[tuple[str, dict[str, str]]], args: argparse.Namespace, *,
+                   source: Path, problems: dict[str, Exception] | None = None, save=None) -> int:
+    """Predict every case of ``cohort`` (``[(case id, {input name: path})]``), one report row per
+    case; a failing case never stops the batch.
+
+    ``source``: the CSV or dataset the cohort came from (never overwritten by the report);
+    ``problems``: case id -> the error found while collecting its inputs (reported as its
+    failure); ``save(case_id, pred) -> folder``: how outputs are written (default
+    ``pred.save(OUT_DIR/<case id>)``).
+    """
     from tqdm import tqdm
 
     from zoo import errors
 
-    _check_columns(model, cohort, args.input_list)
+    problems = problems or {}
+    if save is None:
+        def save(case_id, pred):
+            pred.save(args.out_dir / case_id)
+            return args.out_dir / case_id
     report = _report_path(args)
-    protected = {args.input_list.resolve()} | {Path(p).resolve() for _, i in cohort for p in i.values()}
+    protected = {Path(source).resolve()} | {Path(p).resolve() for _, i in cohort for p in i.values()}
     if report.resolve() in protected:
         raise errors.OutputError(f"refusing to overwrite the input {report} with the report; "
                                  f"choose another --report file")
@@ -481,9 +567,10 @@ def _predict_batch(model, cohort: list[tuple[str, dict[str, str]]], args: argpar
         record = {"subject": subject, "status": "ok", "error_type": "", "error": "",
                   "outputs": "", "volumes_ml": "", "seconds": 0.0}
         try:
+            if subject in problems:
+                raise problems[subject]
             pred = model.predict(inputs, resample=args.resample)
-            pred.save(args.out_dir / subject)
-            record["outputs"] = str(args.out_dir / subject)
+            record["outputs"] = str(save(subject, pred))
             record["volumes_ml"] = json.dumps(pred.volumes_ml, sort_keys=True, default=float)
         except Exception as exc:  # a failing subject never stops the batch
             record.update(status="failed", error_type=type(exc).__name__, error=_one_line(exc))
@@ -536,6 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else 0
+    from zoo import terminal
+
+    terminal.configure(args.verbose)  # before anything imports TensorFlow
     logging.basicConfig(format="zoo: %(levelname)s: %(message)s", level=logging.WARNING)
     if args.debug:
         logging.getLogger("zoo").setLevel(logging.DEBUG)

@@ -146,3 +146,7 @@ class RecipeError(ZooError):
 class BackendError(ZooError):
     """An inference backend is unknown, its optional packages are not installed, or a model
     cannot be converted to it (e.g. ONNX export)."""
+
+
+class MissingDependencyError(ZooError, ImportError):
+    """An optional package a feature needs is not installed (e.g. pybids for ``--bids``)."""

@@ -10,13 +10,15 @@ names (``image``, ``ct_crop``, ``sources`` + ``condition``...), its single outpu
 on a Keras member (``member(x, training=False)``, ``predict_on_batch``, ``predict``), so every
 entry's ``predict`` flow runs unchanged on either backend.
 
-``tf2onnx`` and ``onnxruntime`` are an optional extra (``pip install 'zoo[onnx]'``); without
-them :func:`require` raises :class:`~zoo.errors.BackendError` naming the fix.
+``tf2onnx`` and ``onnxruntime`` are dependencies of the package (``wmh_ensemble`` runs on
+onnxruntime by default); where they are missing anyway, :func:`require` raises
+:class:`~zoo.errors.BackendError` naming the fix and ``backend="auto"`` falls back to Keras.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +33,8 @@ OPSET = 17
 #: Name of the single output of every exported graph.
 OUTPUT_NAME = "output"
 BACKENDS = ("keras", "onnx")
+
+log = logging.getLogger(__name__)
 
 
 def available() -> bool:
@@ -53,7 +57,8 @@ def require() -> None:
     if missing:
         raise errors.BackendError(
             f"the ONNX backend needs {' and '.join(missing)}, which are not installed; "
-            "install the optional extra with: pip install 'zoo[onnx]'")
+            "they are dependencies of the zoo; reinstall it (pip install -e .) or run: "
+            f"pip install {' '.join(missing)}")
 
 
 def input_names(model: Any) -> list[str]:
@@ -232,13 +237,19 @@ def onnx_members(entry: str, variant: str, models: Sequence[Any], *,
     require()
     out = []
     for i, model in enumerate(models):
-        if cache:
-            path = cache_dir() / entry / variant / f"member{i}-{weights_digest(model)}.onnx"
-            if not path.is_file():
-                to_onnx(model, path)
+        path = cache_dir() / entry / variant / f"member{i}-{weights_digest(model)}.onnx"
+        if cache and path.is_file():
             out.append(OnnxMember(path, name=f"member{i}"))
-        else:
-            out.append(OnnxMember(to_onnx(model), name=f"member{i}"))
+            continue
+        log.info("%s %s member%d: converting to ONNX once (cached in %s)", entry, variant, i, path.parent)
+        proto = to_onnx(model)
+        if cache:
+            try:
+                write_model(proto, path)
+            except OSError as exc:  # read-only cache: run from memory, convert again next time
+                log.warning("ONNX cache %s is not writable (%s); set ZOO_HOME to a writable folder "
+                            "to keep converted graphs", path.parent, exc)
+        out.append(OnnxMember(proto, name=f"member{i}"))
     return out
 
 

@@ -1,5 +1,5 @@
 """PNG overlays of a segmentation on its image, for checking results by eye (needs Pillow,
-``pip install zoo[viz]``)."""
+``pip install 'keras-medzoo[viz]'``)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def overlay_png(image: Volume, mask: np.ndarray, path: str | os.PathLike, *, n_s
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - depends on the environment
-        raise errors.ZooError("PNG overlays need Pillow: pip install 'zoo[viz]'") from None
+        raise errors.ZooError("PNG overlays need Pillow: pip install 'keras-medzoo[viz]'") from None
     r = Reorientation.between(image.affine, image.shape, ("R", "A", "S"))
     img = r.forward(np.asarray(image.array, dtype=np.float32))
     pred = r.forward(np.asarray(mask) > 0)

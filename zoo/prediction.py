@@ -7,7 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import nibabel as nib
 
@@ -59,26 +59,37 @@ class Prediction:
             out["table"] = json.loads(self.table.to_json(orient="records"))
         return out
 
-    def save(self, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
+    def save(self, out_dir: str | os.PathLike, prefix: str = "", *,
+             filenames: Mapping[str, str] | None = None, sidecars: Mapping[str, str] | None = None,
+             summary: bool = True) -> dict[str, Path]:
         """Write every output as ``<out_dir>/<prefix><name>.nii.gz`` plus
         ``<prefix>prediction.json`` (the :meth:`to_dict` summary) and, when there is a
         :attr:`table`, ``<prefix>table.csv``.
+
+        Args:
+            filenames: output name -> file name in ``out_dir``, replacing the default name
+                (e.g. BIDS-derivative names, :mod:`zoo.bids_io`).
+            sidecars: file name -> text of extra files written with the outputs (JSON sidecars).
+            summary: write ``<prefix>prediction.json``.
 
         All files are first written to temporary files in ``out_dir`` and renamed only when
         every one of them was written, so a failure leaves no partial output behind.
 
         Returns:
-            output name (and ``"summary"``) -> written path.
+            output name (and ``"summary"``, ``"table"``, each sidecar's file name) -> written path.
         Raises:
             OutputError: a destination is an input file, or ``out_dir`` is not a folder.
         """
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise errors.OutputError(f"output folder {out} exists and is not a folder")
-        targets = {name: out / f"{prefix}{name}.nii.gz" for name in self.images}
-        targets["summary"] = out / f"{prefix}prediction.json"
+        filenames, sidecars = dict(filenames or {}), dict(sidecars or {})
+        targets = {name: out / filenames.get(name, f"{prefix}{name}.nii.gz") for name in self.images}
+        if summary:
+            targets["summary"] = out / f"{prefix}prediction.json"
         if self.table is not None:
             targets["table"] = out / f"{prefix}table.csv"
+        targets.update({name: out / name for name in sidecars})
         for dest in targets.values():
             _refuse_protected(dest, self.input_paths)
         out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +100,9 @@ class Prediction:
                 fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=out)
                 os.close(fd)
                 temps[name] = tmp
-                if name == "summary":
+                if name in sidecars:
+                    Path(tmp).write_text(sidecars[name], encoding="utf-8")
+                elif name == "summary":
                     Path(tmp).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
                 elif name == "table":
                     self.table.to_csv(tmp, index=False, encoding="utf-8")

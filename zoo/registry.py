@@ -42,7 +42,8 @@ def card(name: str) -> ModelCard:
 
 def list_entries():
     """One row per registered entry as a ``pandas.DataFrame``: name, task, modalities,
-    version, variants, default variant and weights status."""
+    version, variants, default variant and weights status per variant (``bundled``,
+    ``ZOO_WEIGHTS_DIR``, ``cached``, ``download`` (card URLs), ``missing`` or ``none shipped``)."""
     import pandas as pd
 
     rows = []
@@ -66,11 +67,42 @@ def _weights_status(records: list[dict]) -> str:
         return "none shipped"
     if all(weights_mod.bundled_path(r["file"]) is not None for r in records):
         return "bundled"
+    if all(weights_mod.weights_dir_path(r["file"]) is not None
+           or weights_mod.bundled_path(r["file"]) is not None for r in records):
+        return "ZOO_WEIGHTS_DIR"
+    if all((weights_mod.cache_dir() / r["file"]).is_file() for r in records):
+        return "cached"
     return "download" if all(r.get("urls") for r in records) else "missing"
 
 
+#: Environment variable that overrides the card's default backend (``keras``, ``onnx`` or ``auto``).
+BACKEND_ENV = "ZOO_BACKEND"
+
+
+def resolve_backend(c: ModelCard, backend: str | None, trained: bool) -> str:
+    """The backend a load runs with: ``"keras"`` or ``"onnx"``.
+
+    ``backend`` None takes ``$ZOO_BACKEND``, else the card's ``inference.backend``, else
+    ``"keras"``. ``"auto"`` is ``"onnx"`` when tf2onnx and onnxruntime are importable and the
+    members carry trained weights (an untrained architecture is for training, not exported),
+    else ``"keras"``.
+
+    Raises:
+        BackendError: a value other than keras, onnx or auto.
+    """
+    from zoo.onnx_backend import BACKENDS, available
+
+    if backend is None:
+        backend = os.environ.get(BACKEND_ENV) or c["inference"].get("backend") or "keras"
+    if backend not in (*BACKENDS, "auto"):
+        raise errors.BackendError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)} or auto")
+    if backend == "auto":
+        return "onnx" if trained and available() else "keras"
+    return backend
+
+
 def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
-         options: Mapping[str, Any] | None = None, backend: str = "keras"):
+         options: Mapping[str, Any] | None = None, backend: str | None = None):
     """Load an entry: build its Keras members and load their weights.
 
     Args:
@@ -82,9 +114,12 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
             http(s) URL loads those (a folder holds ``member0.npz``, ``member1.npz``, ...).
         options: paper-vs-code switches from the card's ``options`` (e.g.
             ``{"threshold": 0.45, "mask_method": "nonzero"}``).
-        backend: ``"keras"`` (default) or ``"onnx"``: the members are exported to ONNX (cached
-            under ``$ZOO_HOME/onnx``, keyed by their weights) and run by onnxruntime through the
-            entry's unchanged ``predict`` flow (:mod:`zoo.onnx_backend`; ``pip install 'zoo[onnx]'``).
+        backend: ``"keras"``, ``"onnx"`` or ``"auto"``; None (default): ``$ZOO_BACKEND``, else
+            the card's ``inference.backend``, else keras (:func:`resolve_backend`; wmh_ensemble's
+            card says ``auto``: onnx when onnxruntime and tf2onnx are installed). With onnx the
+            members are exported to ONNX once (cached under ``$ZOO_HOME/onnx``, keyed by their
+            weights) and run by onnxruntime through the entry's unchanged ``predict`` flow
+            (:mod:`zoo.onnx_backend`).
     Returns:
         :class:`~zoo.model.ZooModel`.
     Raises:
@@ -92,11 +127,9 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
         ChecksumError, WeightsError, BackendError (unknown backend, onnx extra missing).
     """
     from zoo.model import ZooModel  # imports Keras/TensorFlow: only when a model is loaded
-    from zoo.onnx_backend import BACKENDS
 
-    if backend not in BACKENDS:
-        raise errors.BackendError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     c = card(name).with_options(options)
+    backend = resolve_backend(c, backend, trained=weights is not None)
     rec = c.variant(variant)
     variant = variant or c["default_variant"]
     if backend == "onnx":

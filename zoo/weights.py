@@ -17,9 +17,13 @@ For each weights record of a model card (``{"file", "sha256", "urls", "size"}``)
 1. ``explicit``: the ``weights=`` argument: a local folder holding the files by basename, a
    single file (only for one-member variants), or an ``http(s)://`` / ``file://`` URL prefix to
    which the basename is appended;
-2. the user cache, ``$ZOO_HOME/weights/<file>`` (``$ZOO_HOME`` defaults to ``~/.cache/zoo``);
-3. the bundled weights shipped with the package (``zoo.bundled_weights/<file>``);
-4. the card's URLs (mirrors, tried in order), downloaded into the cache (or into a fresh
+2. a weights folder named by ``$ZOO_WEIGHTS_DIR``, laid out like the repository's ``weights/``
+   (``$ZOO_WEIGHTS_DIR/<file>``, e.g. ``wmh_ensemble/flair/member0.npz``): how an installed
+   wheel, which carries no ``.npz`` files, finds weights copied or unpacked by hand;
+3. the user cache, ``$ZOO_HOME/weights/<file>`` (``$ZOO_HOME`` defaults to ``~/.cache/zoo``);
+4. the bundled weights shipped with the package (``zoo.bundled_weights/<file>``; present in a
+   source checkout and its editable install, absent from wheels);
+5. the card's URLs (mirrors, tried in order), downloaded into the cache (or into a fresh
    temporary folder when the cache is read-only).
 
 Every file found is checked against the card's sha256. Downloads stream into a temporary file in
@@ -327,6 +331,25 @@ def zoo_home() -> Path:
     return Path(value).expanduser() if value else Path("~/.cache/zoo").expanduser()
 
 
+#: Environment variable naming a folder of weights laid out like the repository's ``weights/``.
+WEIGHTS_DIR_ENV = "ZOO_WEIGHTS_DIR"
+
+
+def weights_dir() -> Path | None:
+    """The folder named by ``$ZOO_WEIGHTS_DIR``, or None when the variable is unset or empty."""
+    value = os.environ.get(WEIGHTS_DIR_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def weights_dir_path(rel: str) -> Path | None:
+    """``$ZOO_WEIGHTS_DIR/<rel>`` when that file exists, else None."""
+    root = weights_dir()
+    if root is None:
+        return None
+    path = root.joinpath(*rel.split("/"))
+    return path if path.is_file() else None
+
+
 def cache_dir() -> Path:
     """The weights cache, ``zoo_home() / "weights"``; a card's ``file`` lives below it."""
     return zoo_home() / "weights"
@@ -570,11 +593,11 @@ def resolve(
             their card path), a single file (one-member variants only), or an ``http(s)://`` /
             ``file://`` URL prefix to which each file's basename is appended.
 
-    Resolution order, per file: ``explicit``; the cache ``$ZOO_HOME/weights/<file>`` (default
-    ``~/.cache/zoo``); the bundled ``zoo.bundled_weights/<file>``; the card's URLs, downloaded
+    Resolution order, per file: ``explicit``; ``$ZOO_WEIGHTS_DIR/<file>``; the cache
+    ``$ZOO_HOME/weights/<file>`` (default ``~/.cache/zoo``); the bundled ``zoo.bundled_weights/<file>``; the card's URLs, downloaded
     into the cache (or a temporary folder, with a warning, if the cache is read-only). Every
-    file found is checked against the record's sha256. A wrong file given explicitly, or in the
-    bundled folder, raises ChecksumError; a corrupt cached file is skipped with a warning (and
+    file found is checked against the record's sha256. A wrong file given explicitly, in
+    ``$ZOO_WEIGHTS_DIR`` or in the bundled folder, raises ChecksumError; a corrupt cached file is skipped with a warning (and
     replaced if a download succeeds).
 
     Returns:
@@ -647,6 +670,16 @@ def _resolve_one(
                 return candidate
         searched.append(f"explicit folder {explicit_path} (no {name})")
 
+    # (a2) the weights folder of $ZOO_WEIGHTS_DIR (an explicit URL still goes first)
+    if explicit_url is None:
+        root = weights_dir()
+        if root is not None:
+            local = weights_dir_path(rel)
+            if local is not None:
+                _verify(local, sha, context)
+                return local
+            searched.append(f"${WEIGHTS_DIR_ENV} {root / rel}")
+
     # (b) user cache (an explicit URL is not downloaded again if the cache holds its bytes)
     cached = destinations.cache / rel
     cached_ok = cache_stale = False
@@ -695,7 +728,8 @@ def _resolve_one(
         f"{rel}: {what} not found. Searched: " + "; ".join(searched)
         + ". To get weights: pass weights=\"path/to/folder_or_file\" or "
         "weights=\"https://host/prefix/\" to the loader, put the file at "
-        f"{destinations.cache / rel} (the cache; set ZOO_HOME to move it), or pass "
+        f"{destinations.cache / rel} (the cache; set ZOO_HOME to move it), set {WEIGHTS_DIR_ENV} "
+        "to a folder laid out like the repository's weights/ (e.g. a checkout's weights/), or pass "
         "weights=None to build the untrained architecture (for training or fine-tuning)"
     )
 
