@@ -217,3 +217,27 @@ def test_trainer_applies_intensity_only_with_probability():
     on = SegmentationTrainer(net, {"affine_probability": 0.0, "intensity_probability": 1.0,
                                    "intensity_scale": [1.5, 1.5]}, 0)
     np.testing.assert_allclose(np.asarray(on._intensity(x)), 1.5 * x, atol=1e-4)
+
+
+def test_evaluate_passes_the_given_brain_mask(clinical, tmp_path, monkeypatch):
+    """zoo evaluate predicts with the subject's brain_mask (optional input), so evaluation uses
+    the normalisation of training."""
+    from zoo.model import ZooModel
+    from zoo.training.evaluate import evaluate
+
+    root = _crop_tree(clinical, tmp_path / "c", {"110218": None})
+    subject = msc.wmh_ms_clinical(root, ("flair",), heads_root=None)[0]
+    seen = []
+    original = ZooModel.predict
+
+    def spy(self, inputs, *args, **kwargs):
+        seen.append(sorted(inputs))
+        pred = original(self, inputs, *args, **kwargs)
+        seen.append(pred.qc["brain_mask_source"])
+        return pred
+
+    monkeypatch.setattr(ZooModel, "predict", spy)
+    result = evaluate("wmh_ensemble", [subject], tmp_path / "eval", variant="flair", weights=None,
+                      options={"n_members": 1}, overlays=True)
+    assert seen == [["brain_mask", "flair"], "given"]
+    assert len(result["cases"]) == 1 and (tmp_path / "eval" / "overlay_110218.png").is_file()
