@@ -221,8 +221,10 @@ def evaluate_heldout(shared: str | Path, holdouts: Sequence[str], weights: Any, 
 
 
 def write_panel(path: Path, shown: Mapping[str, Any], channels: Sequence[str], n_rows: int = 3) -> Path:
-    """PNG of ``n_rows`` slices (most brain first, spread) x columns T1, T2, real FLAIR,
-    synthetic FLAIR, linear baseline, |synthetic - real| (the error on [0, 1], shown 0-0.5)."""
+    """PNG of ``n_rows`` slices (spread over the half of the slices with the most brain) x
+    columns T1, T2, real FLAIR, synthetic FLAIR, linear baseline, |synthetic - real| (the error
+    on the [0, 1] scale, shown 0-0.5); everything inside the brain only (black outside),
+    radiological display (anterior up, patient left on the image right)."""
     from PIL import Image, ImageDraw
 
     from zoo.io import publish
@@ -230,7 +232,7 @@ def write_panel(path: Path, shown: Mapping[str, Any], channels: Sequence[str], n
 
     data = shown["data"]
     brain = shown["brain"]
-    order = np.argsort(-brain.sum(axis=(1, 2)))[: max(1, len(brain) // 2)]
+    order = np.argsort(-brain.sum(axis=(1, 2)))[: max(min(n_rows, len(brain)), len(brain) // 2)]
     picks = sorted(order[np.linspace(0, len(order) - 1, min(n_rows, len(order))).astype(int)])
     cols = [("T1", lambda k: data.sources[k, ..., channels.index("t1")], 2.0),
             ("T2", lambda k: data.sources[k, ..., channels.index("t2")], 2.0),
@@ -247,9 +249,9 @@ def write_panel(path: Path, shown: Mapping[str, Any], channels: Sequence[str], n
         draw.text((c * (w + 4) + 4, 4), title, fill=(255, 255, 255), font=font)
         for r, k in enumerate(picks):
             img = get(k)
-            g = img / span if span == 0.5 else (img + 1.0) / 2.0
-            g = np.where(brain[k] | (span != 0.5), g, 0.0)
-            tile = Image.fromarray((np.clip(np.rot90(g), 0, 1) * 255).astype(np.uint8))
+            g = np.where(brain[k], img / span if span == 0.5 else (img + 1.0) / 2.0, 0.0)
+            # network slices are (row = j, column = i) of the LAS grid: anterior up, patient left on the right
+            tile = Image.fromarray((np.clip(g[::-1], 0, 1) * 255).astype(np.uint8))
             canvas.paste(tile.convert("RGB"), (c * (w + 4), head + r * (h + 4)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
