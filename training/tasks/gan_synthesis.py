@@ -367,7 +367,7 @@ class DiamondGANTrainer(keras.Model):
     def train_step(self, data):
         """Spec §7 iteration on one batch; logs ``loss`` (generator), ``cycle``,
         ``adversarial``, ``d_s_loss``, ``d_t_loss`` (means over the epoch)."""
-        (s_full, t3, avail), _ = data
+        s_full, t3, avail = data[0]  # (x, y) from fit; (x, y, sample_weight) from train_on_batch
         if self.subset_schedule == "all":
             results = [self._subset_step(s_full, t3, avail, k) for k in range(len(self.codes))]
         else:
