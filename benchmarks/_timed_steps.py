@@ -15,20 +15,23 @@ cfg = json.loads(sys.argv[1])
 
 _TIMED = """
 net.train_on_batch(x, y)
-times = []
+times, cpu = [], []
 for _ in range(cfg["steps"]):
-    t = time.perf_counter(); net.train_on_batch(x, y); times.append(time.perf_counter() - t)
+    t, c = time.perf_counter(), time.process_time(); net.train_on_batch(x, y)
+    times.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
 gpus = tf.config.list_physical_devices("GPU")
 peak = (tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20 if gpus
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-print(json.dumps({"step_s": statistics.median(times), "peak_mib": peak, "device": "GPU" if gpus else "CPU"}))
+print(json.dumps({"step_s": statistics.median(times), "cpu_s": statistics.median(cpu), "peak_mib": peak,
+                  "device": "GPU" if gpus else "CPU"}))
 """
 
 
 def run_timed(setup: str, cfg: dict) -> dict:
     """Run ``setup`` (Python source that defines a compiled ``net`` and a batch ``x``, ``y``
     from the dict ``cfg``, which must hold ``steps``) in a subprocess: one warm-up step, then
-    ``cfg["steps"]`` timed steps. Returns ``{"step_s": median seconds, "peak_mib": peak memory
+    ``cfg["steps"]`` timed steps. Returns ``{"step_s": median seconds, "cpu_s": median CPU
+    seconds of the process per step (user + system, all threads), "peak_mib": peak memory
     (process max RSS on a CPU, TensorFlow's peak allocation on a GPU), "device": "CPU"|"GPU"}``.
     Raises CalledProcessError when the child fails."""
     code = _HEAD + setup + _TIMED

@@ -93,7 +93,8 @@ class AugmentConfig:
     interpolation_mask: str = "nearest"
 
     # Recipe keys that belong to the dataset builder, not to this function.
-    _CALLER_KEYS = ("flip_lr", "affine_probability")
+    _CALLER_KEYS = ("flip_lr", "affine_probability", *("intensity_" + k for k in
+                                                       ("probability", "scale", "shift", "gamma")))
 
     def __post_init__(self) -> None:
         _check_ranges(self.rotation_deg, self.shear_rad, self.zoom)
@@ -303,6 +304,45 @@ def augment_batch(images: Any, masks: Any, seed: Any,
         matrices = translate_matrices(matrices, _as_seed(seed) + 7, shape[1], shape[2], config.translate)
     return apply_affine(images, masks, matrices, config.interpolation_image, config.fill_mode,
                         interpolation_mask=config.interpolation_mask)
+
+
+def intensity_batch(images: Any, seed: Any, scale: Sequence[float] = (1.0, 1.0),
+                    shift: Sequence[float] = (0.0, 0.0), gamma: Sequence[float] = (1.0, 1.0)) -> tf.Tensor:
+    """Random intensity variation per slice and channel (training only; masks unchanged).
+
+    For each slice ``b`` and channel ``c`` independently, with ``lo``/``hi`` the min/max of
+    that channel of that slice: ``u = (x - lo) / (hi - lo)``; ``x' = lo + (hi - lo) u**g``
+    (gamma, ``g ~ U(gamma)``), then ``x'' = s x' + t`` (``s ~ U(scale)``, ``t ~ U(shift)``).
+    On z-scored inputs this imitates what the z-score leaves of scanner differences: contrast
+    (gamma), gain per slice (the clinical source normalised slice by slice, data/README.md)
+    and offset. Ranges are recipe values (``augmentation.intensity_*``); ``(1, 1)``,
+    ``(0, 0)``, ``(1, 1)`` is the identity.
+
+    Args:
+        images: ``(B, H, W, C)`` float.
+        seed: int or int ``(2,)`` tensor (stateless ops).
+        scale, shift, gamma: ``(low, high)`` ranges; gamma and scale must be > 0.
+    Returns:
+        ``(B, H, W, C)`` float32.
+    Raises:
+        ValueError: a range is not ``(low, high)`` with ``low <= high``, or gamma/scale <= 0.
+    """
+    for name, (lo, hi), positive in (("scale", scale, True), ("shift", shift, False), ("gamma", gamma, True)):
+        if not lo <= hi or (positive and lo <= 0):
+            raise ValueError(f"intensity_{name} must be (low, high) with low <= high"
+                             f"{' and low > 0' if positive else ''}; got {(lo, hi)}")
+    x = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    seed = _as_seed(seed)
+    shape = tf.stack([tf.shape(x)[0], 1, 1, tf.shape(x)[3]])
+
+    def draw(k: int, lo_hi: Sequence[float]) -> tf.Tensor:
+        u = tf.random.stateless_uniform(shape, seed=seed + k, dtype=tf.float32)
+        return float(lo_hi[0]) + (float(lo_hi[1]) - float(lo_hi[0])) * u
+
+    lo = tf.reduce_min(x, axis=(1, 2), keepdims=True)
+    span = tf.maximum(tf.reduce_max(x, axis=(1, 2), keepdims=True) - lo, 1e-6)
+    x = lo + span * tf.pow(tf.clip_by_value((x - lo) / span, 0.0, 1.0), draw(11, gamma))
+    return x * draw(13, scale) + draw(17, shift)
 
 
 def translate_matrices(matrices: Any, seed: Any, height: Any, width: Any, fraction: float) -> tuple:

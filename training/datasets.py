@@ -301,7 +301,8 @@ def folder(root: str | Path, inputs: Mapping[str, str], label: str | None,
 
 def from_csv(csv_path: str | Path, inputs: Sequence[str], label_column: str | None = "label",
              subject_column: str = "subject", site_column: str | None = "site", *,
-             skip_incomplete: bool = False) -> list[Subject]:
+             skip_incomplete: bool = False,
+             optional_images: Sequence[str] = ("brain_mask",)) -> list[Subject]:
     """List subjects from a CSV file with one row per subject.
 
     Layout: a header row, then one row per subject, e.g.::
@@ -322,6 +323,9 @@ def from_csv(csv_path: str | Path, inputs: Sequence[str], label_column: str | No
         site_column: the site column, or ``None`` if the CSV has none.
         skip_incomplete: skip a row whose file is missing (with a logged warning) instead of
             raising.
+        optional_images: columns that, when present and non-empty in a row, add an image of
+            that name (default ``brain_mask``: the card's optional brain-mask input, so the
+            z-score mask of training and prediction is the same file).
 
     Returns:
         Subjects in row order.
@@ -364,6 +368,7 @@ def from_csv(csv_path: str | Path, inputs: Sequence[str], label_column: str | No
                 f"subject CSV {csv_path} line {line}: subject {sid} has empty input "
                 f"cell(s) {empty}.")
         paths = {c: base / row[c] for c in inputs}
+        paths.update({c: base / row[c] for c in optional_images if c not in inputs and row.get(c)})
         label_path = base / row[label_column] if label_column and row[label_column] else None
         listed = {**paths, **({label_column: label_path} if label_path else {})}
         absent = [f"{c}={p}" for c, p in listed.items() if not p.is_file()]
@@ -375,7 +380,7 @@ def from_csv(csv_path: str | Path, inputs: Sequence[str], label_column: str | No
             raise errors.InputNotFoundError(
                 msg + " Paths are relative to the CSV's folder; fix them or pass "
                 "skip_incomplete=True.")
-        extra = {k: v for k, v in row.items() if k and k not in required}
+        extra = {k: v for k, v in row.items() if k and k not in required and k not in paths}
         subjects.append(Subject(id=sid, images=paths, label=label_path,
                                 site=(row[site_column] or None) if site_column else None,
                                 meta=extra))

@@ -46,7 +46,10 @@ def evaluate(name: str, subjects: Sequence[Any], out_dir: str | Path, *, variant
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for s in subjects:
-        inputs = {k: str(v) for k, v in s.images.items() if k in model.input_names}
+        # required inputs and optional ones the subject has (a given brain_mask: the z-score
+        # region the weights were trained with, zoo.training.ms_clinical)
+        inputs = {k: str(v) for k, v in s.images.items()
+                  if k in model.input_names or k in model.optional_inputs}
         pred = model.predict(inputs)
         label_name = next(o["name"] for o in model.card["outputs"] if o["kind"] == "label")
         scores = entry.score(s, pred, model)

@@ -21,7 +21,8 @@ def detect_layout(data: Path) -> str:
 
     Returns one of ``csv``, ``lidc_voi`` (``nodules.csv`` with ``case, patient_id, malignancy``
     + ``<case>/{image,mask}.nii.gz``), ``wmh_challenge`` (``<site>/<subject>/wmh.nii.gz``), ``open_ms``
-    (``<subject>/flair.nii.gz`` + ``lesion.nii.gz``), ``spine_chu``
+    (``<subject>/flair.nii.gz`` + ``lesion.nii.gz``), ``wmh_ms_clinical`` (``subjects.csv`` +
+    ``<subject>/flair_raw.nii.gz``), ``spine_chu``
     (``<case>/mask_th12_l5.nii.gz``). Raises InputError when none matches.
     """
     if data.suffix.lower() == ".csv":
@@ -32,6 +33,8 @@ def detect_layout(data: Path) -> str:
         return "heads"
     if any(data.glob("*/*/wmh.nii.gz")):
         return "wmh_challenge"
+    if (data / "subjects.csv").is_file() and any(data.glob("*/flair_raw.nii.gz")):
+        return "wmh_ms_clinical"
     if any(data.glob("*/lesion.nii.gz")) and any(data.glob("*/flair.nii.gz")):
         return "open_ms"
     if any(data.glob("*/mask_th12_l5.nii.gz")):
@@ -61,6 +64,10 @@ def load_subjects(data: Path, layout: str, inputs: Sequence[str]) -> list:
         return datasets.open_ms(data, tuple(inputs))
     if layout == "heads":
         return datasets.heads(data)
+    if layout == "wmh_ms_clinical":
+        from zoo.training.ms_clinical import wmh_ms_clinical
+
+        return wmh_ms_clinical(data, tuple(i for i in inputs if i != "brain_mask"))
     if layout == "spine_chu":
         return datasets.spine_chu(data)
     if layout == "lidc_voi":

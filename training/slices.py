@@ -16,7 +16,7 @@ import numpy as np
 from zoo.card import ModelCard
 from zoo.io import read_volume
 from zoo.preprocessing.grid import align_inputs
-from zoo.preprocessing.pipeline import SlicePipeline
+from zoo.preprocessing.pipeline import MASK_INPUT, SlicePipeline
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ def build_slices(subjects, card: ModelCard, variant: str, recipe: dict,
 
     Args:
         subjects: :class:`zoo.training.datasets.Subject` records with ``images`` for every
-            input of the variant and a ``label``.
+            input of the variant and a ``label``; an ``images["brain_mask"]`` is passed to the
+            pipeline as the given brain mask (it replaces the card's computed mask for the
+            z-score, exactly as the ``brain_mask`` input of ``predict``).
         card: the entry's card (with any options applied).
         variant: the card variant (its ``inputs`` are the channels).
         recipe: the resolved recipe (``data.label_foreground``, ``data.train_slice_band``).
@@ -83,6 +85,8 @@ def build_slices(subjects, card: ModelCard, variant: str, recipe: dict,
         if subject.label is None:
             raise ValueError(f"subject {subject.id} has no label file")
         vols = {c: read_volume(subject.images[c], c) for c in channels}
+        if MASK_INPUT in subject.images:  # a given brain mask: the z-score region, as in predict
+            vols[MASK_INPUT] = read_volume(subject.images[MASK_INPUT], MASK_INPUT)
         vols = align_inputs(vols, channels[0], resample=resample)
         label = read_volume(subject.label, "label")
         if label.shape != vols[channels[0]].shape:

@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV",
                        help="training data: a folder (layout auto-detected) or a CSV")
         p.add_argument("--layout", default="auto",
-                       choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "chu2015", "heads", "lidc_voi", "csv"],
+                       choices=["auto", "wmh_challenge", "open_ms", "wmh_ms_clinical", "spine_chu", "chu2015", "heads",
+                                "lidc_voi", "csv"],
                        help="dataset layout (default: detect)")
         p.add_argument("--recipe", help="recipe YAML (default: the entry's bundled recipe)")
         p.add_argument("--variant", help="card variant (default: the recipe's first)")
@@ -218,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict labelled subjects and score them with the challenge metrics.")
     p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
     p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV")
-    p.add_argument("--layout", default="auto", choices=["auto", "wmh_challenge", "open_ms", "spine_chu", "chu2015", "heads", "csv"])
+    p.add_argument("--layout", default="auto", choices=["auto", "wmh_challenge", "open_ms", "wmh_ms_clinical", "spine_chu",
+                                                        "chu2015", "heads", "csv"])
     p.add_argument("--subject", action="append", default=[], metavar="ID",
                    help="evaluate only these subjects (repeatable; default all)")
     p.add_argument("--variant")

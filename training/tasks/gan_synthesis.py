@@ -62,13 +62,33 @@ def _entry(card: ModelCard):
     return importlib.import_module(registry.ENTRIES[card.id])
 
 
+def slice_availability(x: np.ndarray, mask_slices: np.ndarray | None = None) -> np.ndarray:
+    """Boolean ``(N, C)``: channel ``c`` of slice ``n`` carries image content, i.e. it is not
+    constant over the slice's brain pixels (``x > -1``, or ``mask_slices`` ``(N, H, W)`` when
+    given). A co-registered clinical T1/T2 that does not cover an end slice of the FLAIR holds
+    one fill value there (data/README.md, heads): that source is absent on that slice, so the
+    slice trains only the subsets without it."""
+    inside = (x[..., 0] > -1.0) if mask_slices is None else np.asarray(mask_slices, bool)
+    out = np.zeros((x.shape[0], x.shape[-1]), dtype=bool)
+    for n in range(x.shape[0]):
+        m = inside[n]
+        if m.sum() >= 2:
+            vals = x[n][m]
+            out[n] = vals.max(axis=0) - vals.min(axis=0) > 1e-6
+    return out
+
+
 def build_synthesis_slices(subjects: Sequence[Any], card: ModelCard, variant: str, *,
                            resample: bool = False) -> SynthesisSet:
     """Every subject through the entry's pipeline with the target and its available sources as
     channels (one pass, so they share the brain mask and slicing); axial slices whose target is
-    all background (-1) are dropped. Raises MissingModalityError when a subject lacks the target
+    all background (-1) are dropped. A subject's ``images["brain_mask"]`` is the given brain
+    mask (as the ``brain_mask`` input of ``predict``). A source is available on a slice when
+    the subject has it and it is not constant inside that slice's brain
+    (:func:`slice_availability`). Raises MissingModalityError when a subject lacks the target
     or every source."""
     from zoo.preprocessing.grid import align_inputs
+    from zoo.preprocessing.pipeline import MASK_INPUT
 
     entry = _entry(card)
     target = entry.target_of(card, variant)
@@ -81,15 +101,20 @@ def build_synthesis_slices(subjects: Sequence[Any], card: ModelCard, variant: st
             raise errors.MissingModalityError(
                 f"subject {s.id}: needs the target {target!r} and at least one of {usable}; has {sorted(s.images)}")
         names = [target, *[c for c in have if c != target]]
-        vols = align_inputs({n: read_volume(str(s.images[n]), n) for n in names}, names[0], resample=resample)
+        extra = [MASK_INPUT] if MASK_INPUT in s.images else []
+        vols = align_inputs({n: read_volume(str(s.images[n]), n) for n in [*names, *extra]}, names[0],
+                            resample=resample)
         x, _ = entry.pipeline(card, names).apply(vols)
         keep = (x[..., 0] > -1.0).any(axis=(1, 2))
+        ok = slice_availability(x)[keep]
         stack = np.full((int(keep.sum()), *x.shape[1:3], len(channels)), -1.0, dtype=np.float32)
+        slice_avail = np.zeros((int(keep.sum()), len(channels)), dtype=np.int8)
         for j, n in enumerate(names[1:], start=1):
-            stack[..., channels.index(n)] = x[keep, ..., j]
+            stack[..., channels.index(n)] = np.where(ok[:, j, None, None], x[keep, ..., j], -1.0)
+            slice_avail[:, channels.index(n)] = ok[:, j]
         src.append(stack)
         tgt.append(x[keep, ..., 0])
-        avail.append(np.tile([[int(c in have) for c in channels]], (int(keep.sum()), 1)).astype(np.int8))
+        avail.append(slice_avail)
         ids.append(np.full(int(keep.sum()), s.id))
     return SynthesisSet(np.concatenate(src), np.concatenate(tgt), np.concatenate(avail), np.concatenate(ids))
 
@@ -201,18 +226,40 @@ class ImagePool(keras.layers.Layer):
 
 
 # --- losses ------------------------------------------------------------------------------------
-def lsgan(pred, label: float):
-    """Least-squares adversarial term ``mean((D(x) - label)^2)`` over pixels, channels, batch."""
-    return tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - label))
+def weighted_mean(values, weights=None):
+    """Mean of ``values`` ``(B, ...)`` over everything; with ``weights`` ``(B,)`` (0/1: which
+    samples count) the weighted mean of the per-sample means (0 when no sample counts)."""
+    v = tf.cast(values, tf.float32)
+    if weights is None:
+        return tf.reduce_mean(v)
+    per = tf.reduce_mean(tf.reshape(v, (tf.shape(v)[0], -1)), axis=1)
+    w = tf.cast(weights, tf.float32)
+    return tf.reduce_sum(w * per) / tf.maximum(tf.reduce_sum(w), 1.0)
 
 
-def generator_loss(s, t3, cyc_s, cyc_t, d_s_fake, d_t_fake, *, lambda_cycle: float, real_label: float):
+def lsgan(pred, label: float, weights=None):
+    """Least-squares adversarial term ``mean((D(x) - label)^2)`` over pixels, channels, batch
+    (only the samples with weight 1 when ``weights`` ``(B,)`` is given)."""
+    return weighted_mean(tf.square(tf.cast(pred, tf.float32) - label), weights)
+
+
+def generator_loss(s, t3, cyc_s, cyc_t, d_s_fake, d_t_fake, *, lambda_cycle: float, real_label: float,
+                   weights=None):
     """Spec §6 released-code form: ``λ·mean|S − G2(G1(S))| + λ·mean|T3 − G1(G2(T3))|
-    + mean((D_S(G2(T3)) − r)²) + mean((D_T(G1(S)) − r)²)``. Returns ``(total, cycle, adversarial)``."""
-    cyc = (tf.reduce_mean(tf.abs(tf.cast(s, tf.float32) - tf.cast(cyc_s, tf.float32)))
-           + tf.reduce_mean(tf.abs(tf.cast(t3, tf.float32) - tf.cast(cyc_t, tf.float32))))
-    adv = lsgan(d_s_fake, real_label) + lsgan(d_t_fake, real_label)
+    + mean((D_S(G2(T3)) − r)²) + mean((D_T(G1(S)) − r)²)``, means over the samples whose
+    ``weights`` ``(B,)`` are 1 (all when None). Returns ``(total, cycle, adversarial)``."""
+    cyc = (weighted_mean(tf.abs(tf.cast(s, tf.float32) - tf.cast(cyc_s, tf.float32)), weights)
+           + weighted_mean(tf.abs(tf.cast(t3, tf.float32) - tf.cast(cyc_t, tf.float32)), weights))
+    adv = lsgan(d_s_fake, real_label, weights) + lsgan(d_t_fake, real_label, weights)
     return lambda_cycle * cyc + adv, cyc, adv
+
+
+def supports(code: Sequence[int], available):
+    """``(B,)`` float 1/0: the sample has every source of the subset ``code`` (its
+    ``available`` ``(B, C)`` row covers the code), so it trains that subset (spec §3)."""
+    c = tf.constant([float(v) for v in code], tf.float32)
+    a = tf.cast(available, tf.float32)
+    return tf.cast(tf.reduce_all(a * c[None, :] >= c[None, :], axis=-1), tf.float32)
 
 
 # --- the trainer -------------------------------------------------------------------------------
@@ -229,12 +276,15 @@ class DiamondGANTrainer(keras.Model):
         real_label: real label r (D6: 0.95 code, 1.0 paper).
         pool_size: history pool size (25).
         subset_schedule: ``all`` (every subset per batch, D10) or ``random_one``.
+        subset_masking: a sample trains a subset only if it has all of the subset's sources
+            (:func:`supports`; spec §3); False: every sample trains every subset, its missing
+            sources set to -1 (the behaviour before issue 18).
         seed: seeds pools and the subset draw.
     """
 
     def __init__(self, g1, g2, d_s, d_t, codes, conditions, optimizers, *, lambda_cycle: float = 10.0,
                  real_label: float = 0.95, pool_size: int = 25, subset_schedule: str = "all", seed: int = 0,
-                 **kwargs):
+                 subset_masking: bool = True, **kwargs):
         super().__init__(**kwargs)
         if subset_schedule not in ("all", "random_one"):
             raise errors.RecipeError(f"subset_schedule must be 'all' or 'random_one', got {subset_schedule!r}")
@@ -245,6 +295,7 @@ class DiamondGANTrainer(keras.Model):
         self.lambda_cycle = float(lambda_cycle)
         self.real_label = float(real_label)
         self.subset_schedule = subset_schedule
+        self.subset_masking = bool(subset_masking)
         shape = tuple(g1.input["sources"].shape[1:])
         self.pool_s = ImagePool(pool_size, shape, seed, name="pool_s")
         self.pool_t = ImagePool(pool_size, shape, seed + 1, name="pool_t")
@@ -272,10 +323,10 @@ class DiamondGANTrainer(keras.Model):
         self.ds_optimizer.build(self.d_s.trainable_variables)
         self.dt_optimizer.build(self.d_t.trainable_variables)
 
-    def _d_step(self, d, opt, images, label: float):
+    def _d_step(self, d, opt, images, label: float, weights=None):
         scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            loss = 0.5 * lsgan(d(images, training=True), label)
+            loss = 0.5 * lsgan(d(images, training=True), label, weights)
             scaled = opt.scale_loss(loss * scale)
         grads = tape.gradient(scaled, d.trainable_variables)
         opt.apply_gradients(zip(grads, d.trainable_variables))
@@ -283,6 +334,9 @@ class DiamondGANTrainer(keras.Model):
 
     def _subset_step(self, s_full, t3, avail, k: int):
         code = tf.constant(self.codes[k], tf.float32)
+        # only samples that have every source of this subset train it (spec §3); the others
+        # get weight 0 in every loss term of this subset
+        w = supports(self.codes[k], avail) if self.subset_masking else None
         present = code[None, None, None, :] * avail[:, None, None, :]
         s = tf.where(present > 0, s_full, -tf.ones_like(s_full))
         cond = tf.broadcast_to(tf.constant(self.conditions[k]), (tf.shape(s)[0], *self.conditions.shape[1:]))
@@ -291,8 +345,10 @@ class DiamondGANTrainer(keras.Model):
         pooled_s = self.pool_s.query(tf.stop_gradient(fake_s))
         pooled_t = self.pool_t.query(tf.stop_gradient(fake_t))
         r = self.real_label
-        ds_loss = self._d_step(self.d_s, self.ds_optimizer, s, r) + self._d_step(self.d_s, self.ds_optimizer, pooled_s, 0.0)
-        dt_loss = self._d_step(self.d_t, self.dt_optimizer, t3, r) + self._d_step(self.d_t, self.dt_optimizer, pooled_t, 0.0)
+        ds_loss = (self._d_step(self.d_s, self.ds_optimizer, s, r, w)
+                   + self._d_step(self.d_s, self.ds_optimizer, pooled_s, 0.0, w))
+        dt_loss = (self._d_step(self.d_t, self.dt_optimizer, t3, r, w)
+                   + self._d_step(self.d_t, self.dt_optimizer, pooled_t, 0.0, w))
         g_vars = self.g1.trainable_variables + self.g2.trainable_variables
         scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
@@ -302,7 +358,7 @@ class DiamondGANTrainer(keras.Model):
             cyc_t = self.g1({"sources": fake_s, "condition": cond}, training=True)
             total, cyc, adv = generator_loss(s, t3, cyc_s, cyc_t, self.d_s(fake_s, training=False),
                                              self.d_t(fake_t, training=False),
-                                             lambda_cycle=self.lambda_cycle, real_label=r)
+                                             lambda_cycle=self.lambda_cycle, real_label=r, weights=w)
             scaled = self.g_optimizer.scale_loss(total * scale)
         grads = tape.gradient(scaled, g_vars)
         self.g_optimizer.apply_gradients(zip(grads, g_vars))
@@ -311,7 +367,7 @@ class DiamondGANTrainer(keras.Model):
     def train_step(self, data):
         """Spec §7 iteration on one batch; logs ``loss`` (generator), ``cycle``,
         ``adversarial``, ``d_s_loss``, ``d_t_loss`` (means over the epoch)."""
-        (s_full, t3, avail), _ = data
+        s_full, t3, avail = data[0]  # (x, y) from fit; (x, y, sample_weight) from train_on_batch
         if self.subset_schedule == "all":
             results = [self._subset_step(s_full, t3, avail, k) for k in range(len(self.codes))]
         else:
@@ -345,7 +401,8 @@ def build(card: ModelCard, variant: str, recipe: Mapping[str, Any], member: int,
     opts = tuple(_optimizer(recipe) for _ in range(3))
     model = DiamondGANTrainer(g1, g2, d_s, d_t, codes, conditions, opts,
                               lambda_cycle=float(gan["lambda_cycle"]), real_label=float(gan["real_label"]),
-                              pool_size=int(gan["pool_size"]), subset_schedule=gan["subset_schedule"], seed=seed)
+                              pool_size=int(gan["pool_size"]), subset_schedule=gan["subset_schedule"], seed=seed,
+                              subset_masking=bool(gan.get("subset_masking", True)))
     model.build_all()
     model.compile(optimizer=model.g_optimizer, run_eagerly=bool(gan.get("run_eagerly", False)))
     return g1, model

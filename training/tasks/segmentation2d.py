@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from zoo import weights as weights_mod
 from zoo.card import ModelCard
-from zoo.training.augment import augment_batch
+from zoo.training.augment import augment_batch, intensity_batch
 from zoo.training.losses import SoftDiceLoss
 from zoo.training.optim import make_optimizer
 from zoo.training.slices import SliceSet, build_slices
@@ -58,9 +58,12 @@ def datasets(prepared: Prepared, recipe: Mapping[str, Any], seed: int):
     (:func:`epoch_steps`) and the validation slices (whole set once per epoch)."""
     batch = int(recipe["batch_size"])
     patch = recipe["data"].get("patch_size")
+    data = recipe["data"]
     train_ds = make_dataset(prepared.train, batch, seed, flip_lr=bool(recipe["augmentation"]["flip_lr"]),
                             patch_size=patch,
-                            foreground_fraction=float(recipe["data"].get("patch_foreground_fraction", 0.5)))
+                            foreground_fraction=float(data.get("patch_foreground_fraction", 0.5)),
+                            sample_by=data.get("sample_by", "slice"),
+                            lesion_slice_fraction=data.get("lesion_slice_fraction"))
     val = prepared.val
     if val is None or not len(val):
         return train_ds, epoch_steps(len(prepared.train), recipe), None, None
@@ -113,12 +116,26 @@ class SegmentationTrainer(keras.Model):
 
     def _augment(self, x, y):
         p = float(self.augmentation.get("affine_probability", 0.0))
+        if p > 0.0:
+            xa, ya = augment_batch(x, y, keras.random.randint((2,), 0, 2**31 - 1, seed=self.seed_generator),
+                                   self.augmentation)
+            chosen = keras.random.uniform((keras.ops.shape(x)[0], 1, 1, 1), seed=self.seed_generator) < p
+            x, y = keras.ops.where(chosen, xa, x), keras.ops.where(chosen, ya, y)
+        return self._intensity(x), y
+
+    def _intensity(self, x):
+        """Intensity variation (:func:`intensity_batch`) on a share ``intensity_probability``
+        of the slices of the batch (recipe ``augmentation.intensity_*``; 0 or absent: none)."""
+        aug = self.augmentation
+        p = float(aug.get("intensity_probability", 0.0))
         if p <= 0.0:
-            return x, y
-        xa, ya = augment_batch(x, y, keras.random.randint((2,), 0, 2**31 - 1, seed=self.seed_generator),
-                               self.augmentation)
+            return x
+        xi = intensity_batch(x, keras.random.randint((2,), 0, 2**31 - 1, seed=self.seed_generator),
+                             tuple(aug.get("intensity_scale", (1.0, 1.0))),
+                             tuple(aug.get("intensity_shift", (0.0, 0.0))),
+                             tuple(aug.get("intensity_gamma", (1.0, 1.0))))
         chosen = keras.random.uniform((keras.ops.shape(x)[0], 1, 1, 1), seed=self.seed_generator) < p
-        return keras.ops.where(chosen, xa, x), keras.ops.where(chosen, ya, y)
+        return keras.ops.where(chosen, keras.ops.cast(xi, x.dtype), x)
 
     def train_step(self, data):
         """Augment the batch on the device, then Keras' own step (loss tracking, loss scaling
@@ -129,14 +146,54 @@ class SegmentationTrainer(keras.Model):
 
 
 # --- data ----------------------------------------------------------------------------------------
+SAMPLE_BY = ("slice", "subject")
+
+
+def sample_indices(slices: SliceSet, rng: np.random.Generator, *, sample_by: str = "slice",
+                   lesion_slice_fraction: float | None = None, shuffle: bool = True):
+    """Endless iterator of slice indices into ``slices`` (before the mirror).
+
+    ``sample_by="slice"`` without ``lesion_slice_fraction`` (the paper): seeded permutations of
+    all slices, one pass after another (``shuffle=False``: in order). Otherwise, for every draw
+    (the lesion-aware rule of issue 20): pick a subject uniformly (``"subject"``) or take the
+    whole set (``"slice"``); then with probability ``lesion_slice_fraction`` a slice with at
+    least one label voxel (if the subject has one), else any slice, uniformly. So every subject
+    weighs the same whatever its slice count (a 1 mm MNI volume has 146 training slices, a
+    thick-slice clinical one 16) and lesion-bearing slices are seen at least that often.
+
+    Raises:
+        ValueError: unknown ``sample_by`` or a fraction outside [0, 1].
+    """
+    if sample_by not in SAMPLE_BY:
+        raise ValueError(f"data.sample_by must be one of {SAMPLE_BY}; got {sample_by!r}")
+    q = None if lesion_slice_fraction is None else float(lesion_slice_fraction)
+    if q is not None and not 0.0 <= q <= 1.0:
+        raise ValueError(f"data.lesion_slice_fraction must be in [0, 1]; got {q}")
+    m = len(slices)
+    if sample_by == "slice" and q is None:
+        while True:
+            yield from (rng.permutation(m) if shuffle else np.arange(m))
+    has_fg = slices.masks.reshape(m, -1).max(axis=1) > 0
+    groups = ([np.arange(m)] if sample_by == "slice" else
+              [np.nonzero(slices.subject_index == k)[0] for k in range(len(slices.subject_ids))])
+    groups = [(g, g[has_fg[g]]) for g in groups if len(g)]
+    while True:
+        every, lesion = groups[rng.integers(len(groups))]
+        pool = lesion if (q is not None and len(lesion) and rng.random() < q) else every
+        yield int(pool[rng.integers(len(pool))])
+
+
 def make_dataset(slices: SliceSet, batch_size: int, seed: int, *, flip_lr: bool,
                  shuffle: bool = True, patch_size: int | None = None,
-                 foreground_fraction: float = 0.5) -> tf.data.Dataset:
+                 foreground_fraction: float = 0.5, sample_by: str = "slice",
+                 lesion_slice_fraction: float | None = None) -> tf.data.Dataset:
     """An endless ``tf.data`` stream of ``(image, mask)`` batches.
 
     The static left-right mirror (spec §8.1) doubles the set without copying memory: index
     ``i >= M`` is slice ``i - M`` flipped along the column axis. Each pass over the doubled set
     is reshuffled with a seeded generator (reproducible batch order per member seed).
+    With ``sample_by``/``lesion_slice_fraction`` slices are drawn by :func:`sample_indices`
+    instead, each mirrored with probability 1/2 when ``flip_lr``.
     With ``patch_size`` each slice is cut to a random ``patch_size`` square: centred on a
     random label voxel with probability ``foreground_fraction`` when the slice has one, else
     on a random voxel of the slice (clipped so the patch stays inside).
@@ -145,6 +202,10 @@ def make_dataset(slices: SliceSet, batch_size: int, seed: int, *, flip_lr: bool,
     n = 2 * m if flip_lr else m
     images, masks = slices.images, slices.masks
     h, w = images.shape[1:3]
+    weighted = sample_by != "slice" or lesion_slice_fraction is not None
+    if weighted:  # check the options now, not inside the generator
+        next(sample_indices(slices, np.random.default_rng(0), sample_by=sample_by,
+                            lesion_slice_fraction=lesion_slice_fraction))
 
     def cut(rng, img, msk):
         if not patch_size:
@@ -160,6 +221,13 @@ def make_dataset(slices: SliceSet, batch_size: int, seed: int, *, flip_lr: bool,
 
     def gen():
         rng = np.random.default_rng(seed)
+        if weighted:
+            for j in sample_indices(slices, rng, sample_by=sample_by,
+                                    lesion_slice_fraction=lesion_slice_fraction):
+                if flip_lr and rng.random() < 0.5:
+                    yield cut(rng, images[j, :, ::-1], masks[j, :, ::-1])
+                else:
+                    yield cut(rng, images[j], masks[j])
         while True:
             order = rng.permutation(n) if shuffle else np.arange(n)
             for i in order:

@@ -1,0 +1,74 @@
+"""Cost of one DiamondGAN training step (issue 18): seconds per step in float32 and, on hardware
+that has it, in mixed precision, and the cost of a whole training run.
+
+    python benchmarks/gan_step_cost.py [--batch 5] [--size 128] [--steps 3] [--total-steps 4000]
+
+One step is one ``DiamondGANTrainer.train_step`` of the recipe (``training/recipes/diamondgan.yaml``)
+on a batch of ``--batch`` aligned pairs of ``--size`` square patches (240 = whole slices): with
+``subset_schedule: all`` it updates D_S and D_T twice and G1+G2 once for each of the 3 input
+subsets of the FLAIR variant. Mixed precision runs only where it is native: ``mixed_float16`` on
+a GPU, ``mixed_bfloat16`` on a CPU with AVX512-BF16/AMX (``/proc/cpuinfo``; as
+benchmarks/predict_latency.py); elsewhere it would be emulated and slower. Each configuration
+runs in a fresh subprocess: graph tracing and one warm-up step, then the median of ``--steps``
+timed steps on random data. The CPU seconds per step (all threads) and the wall time they
+imply on this machine's cores when idle are printed as well, since a shared CPU's wall time
+measures its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from _timed_steps import run_timed
+
+SETUP = r"""
+if cfg["policy"] != "float32":
+    keras.mixed_precision.set_dtype_policy(cfg["policy"])
+from zoo import registry
+from zoo.training.recipe import load_recipe
+from zoo.training.tasks import gan_synthesis as task
+card = registry.card("diamondgan")
+rec = load_recipe("diamondgan", "flair", {"data": {"patch_size": cfg["size"]}, "batch_size": cfg["batch"]})
+_, net = task.build(card, "flair", rec, 0, 0)
+b, s = cfg["batch"], cfg["size"]
+rng = np.random.default_rng(0)
+x = (rng.uniform(-1, 1, (b, s, s, 3)).astype("float32"), rng.uniform(-1, 1, (b, s, s, 3)).astype("float32"),
+     np.tile([[0.0, 1.0, 1.0]], (b, 1)).astype("float32"))
+y = np.zeros((b,), "float32")
+"""
+
+
+def bf16_supported() -> bool:
+    from predict_latency import bf16_supported as check
+
+    return check()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=5, help="aligned pairs per step (recipe: 5)")
+    ap.add_argument("--size", type=int, default=128, help="square patch side, multiple of 16 (240 = whole slices)")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--total-steps", type=int, default=4000, help="steps of the training run to cost")
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    base = {"batch": args.batch, "size": args.size, "steps": args.steps}
+    results = [("float32", run_timed(SETUP, {**base, "policy": "float32"}))]
+    gpu = results[0][1]["device"] == "GPU"
+    native = gpu or bf16_supported()
+    print(f"bfloat16 in hardware (AVX512-BF16/AMX): {bf16_supported()}; {cores} CPU cores; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if native:
+        policy = "mixed_float16" if gpu else "mixed_bfloat16"
+        results.append((policy, run_timed(SETUP, {**base, "policy": policy})))
+    for policy, r in results:
+        idle = r["step_s"] if gpu else r["cpu_s"] / cores
+        print(f"{policy}: {r['step_s']:.2f} s per step measured ({r['cpu_s']:.2f} CPU s, {idle:.2f} s on {cores} idle "
+              f"cores; batch {args.batch}, {args.size}x{args.size}, {r['device']}, peak {r['peak_mib']:.0f} MiB); "
+              f"{args.total_steps} steps: {r['step_s'] * args.total_steps / 3600:.1f} h measured, "
+              f"{idle * args.total_steps / 3600:.1f} h idle")
+
+
+if __name__ == "__main__":
+    main()

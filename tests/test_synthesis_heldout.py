@@ -1,0 +1,137 @@
+"""Tests of the diamondgan data over all co-registered subjects (``synthesis_data``), per-slice
+source availability and subset masking in training, and the held-out evaluation with its two
+baselines fitted on training subjects only (``synthesis_heldout``; issue 18)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from zoo import errors
+from zoo.training.datasets import Subject
+from zoo.training.synthesis_heldout import SUBSETS, apply_linear, fit_baselines
+from zoo.training.tasks.gan_synthesis import (SynthesisSet, generator_loss, lsgan, slice_availability,
+                                              supports)
+
+CHANNELS = ["flair", "t1", "t2"]
+
+
+def _set(n: int, a: float, b: float, seed: int, t2_available: bool = True) -> SynthesisSet:
+    """Slices whose brain target is exactly ``a * t2 + b``; T1 is noise."""
+    rng = np.random.default_rng(seed)
+    t1 = rng.uniform(-0.9, 0.9, (n, 16, 16))
+    t2 = rng.uniform(-0.9, 0.9, (n, 16, 16))
+    target = np.clip(a * t2 + b, -0.99, 1.0)
+    target[:, :2] = -1.0  # background rows
+    src = np.stack([-np.ones_like(t1), t1, t2 if t2_available else -np.ones_like(t2)], axis=-1)
+    avail = np.tile([[0, 1, int(t2_available)]], (n, 1)).astype(np.int8)
+    return SynthesisSet(src.astype(np.float32), target.astype(np.float32), avail, np.array(["s"] * n))
+
+
+def test_baselines_are_fitted_on_training_slices_only():
+    train = _set(6, 0.5, -0.2, 0)
+    test = _set(3, -0.8, 0.3, 1)  # another relation: a fit on it would give (-0.8, 0.3)
+    b = fit_baselines(train, CHANNELS, ("t1", "t2"))
+    np.testing.assert_allclose(b.coefficients, [0.0, 0.5, -0.2], atol=1e-6)
+    assert b.identity in ("t1", "t2") and b.n_pixels > 0
+    pred = apply_linear(b, test.sources, CHANNELS)
+    np.testing.assert_allclose(pred, np.clip(0.5 * test.sources[..., 2] - 0.2, -1, 1), atol=1e-5)
+    assert fit_baselines(_set(6, 1.0, 0.0, 0), CHANNELS, ("t1", "t2")).identity == "t2"
+    with pytest.raises(errors.InputError, match="t2"):
+        fit_baselines(_set(4, 0.5, 0.0, 0, t2_available=False), CHANNELS, ("t2",))
+
+
+def test_slice_availability_marks_constant_sources_absent():
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (3, 8, 8, 3)).astype(np.float32)
+    x[1, ..., 2] = 0.3  # the T2 holds one fill value on slice 1
+    ok = slice_availability(x)
+    assert ok.tolist() == [[True] * 3, [True, True, False], [True] * 3]
+
+
+def test_subset_masking_weights():
+    import tensorflow as tf
+
+    avail = tf.constant([[0, 1, 1], [0, 1, 0]], tf.float32)
+    np.testing.assert_array_equal(supports((0, 1, 1), avail).numpy(), [1, 0])
+    np.testing.assert_array_equal(supports((0, 1, 0), avail).numpy(), [1, 1])
+    d = tf.constant([[0.0], [10.0]])
+    assert float(lsgan(d, 0.0, tf.constant([1.0, 0.0]))) == 0.0  # sample 2 does not count
+    assert float(lsgan(d, 0.0)) == 50.0
+    s = tf.zeros((2, 4, 4, 3))
+    cyc = tf.concat([tf.zeros((1, 4, 4, 3)), tf.ones((1, 4, 4, 3))], axis=0)
+    total, c, _ = generator_loss(s, s, cyc, cyc, d * 0, d * 0, lambda_cycle=1.0, real_label=0.0,
+                                 weights=tf.constant([1.0, 0.0]))
+    assert float(c) == 0.0 and float(total) == 0.0
+    _, c_all, _ = generator_loss(s, s, cyc, cyc, d * 0, d * 0, lambda_cycle=1.0, real_label=0.0)
+    assert float(c_all) == 1.0
+
+
+# --- real data ------------------------------------------------------------------------------
+def test_synthesis_subjects(shared_data):
+    from zoo.training.synthesis_data import synthesis_subjects
+
+    if not (shared_data / "wmh_ms_clinical").is_dir():
+        pytest.skip("wmh_ms_clinical not found")
+    subjects = {s.id: s for s in synthesis_subjects(shared_data)}
+    kinds = {s.meta["kind"] for s in subjects.values()}
+    assert kinds == {"mni", "multicontrast", "clinical"}
+    assert subjects["patient07"].meta["contrasts"] == ["flair", "t1", "t2"]
+    assert "brain_mask" not in subjects["patient07"].images
+    assert subjects["110218"].meta["contrasts"] == ["flair", "t1", "t2"]
+    assert subjects["105465"].meta["contrasts"] == ["flair", "t1"]
+    assert subjects["110218"].images["brain_mask"].is_file()
+    assert subjects["110218"].images["flair"].name == "flair_raw.nii.gz"
+    for absent in ("102313", "104252", "105074"):  # no source / no brain mask
+        assert absent not in subjects
+    assert sum(s.meta["kind"] == "clinical" for s in subjects.values()) == 9
+
+
+def _crop(src: Path, dst: Path, names, box=(slice(40, 216), slice(30, 226), slice(7, 11))) -> dict:
+    out = {}
+    for n in names:
+        img = nib.load(str(src / f"{n}.nii.gz"))
+        dst.mkdir(parents=True, exist_ok=True)
+        nib.save(img.slicer[box], str(dst / f"{n}.nii.gz"))
+        out[n] = dst / f"{n}.nii.gz"
+    return out
+
+
+def test_evaluate_heldout_end_to_end(shared_data, tmp_path):
+    """Untrained G1 on clinical crops: every subset and method is scored on the same slices,
+    the baselines are fitted without the held-out subject, one PNG is written."""
+    from PIL import Image
+
+    from zoo.training.synthesis_heldout import evaluate_heldout
+
+    root = shared_data / "wmh_ms_clinical"
+    if not root.is_dir():
+        pytest.skip("wmh_ms_clinical not found")
+    subs = []
+    for sid, names in (("104670", ("flair_raw", "t1", "t2", "brain_mask")),
+                       ("105465", ("flair_raw", "t1")), ("110218", ("flair_raw", "t1", "t2", "brain_mask"))):
+        files = _crop(root / sid, tmp_path / sid, names)
+        if "brain_mask" not in files:  # the silver mask of heads/
+            img = nib.load(str(shared_data / "heads" / f"bashiri_{sid}_flair" / "brain_mask.nii.gz"))
+            nib.save(img.slicer[40:216, 30:226, 7:11], str(tmp_path / sid / "brain_mask.nii.gz"))
+            files["brain_mask"] = tmp_path / sid / "brain_mask.nii.gz"
+        images = {"flair": files.pop("flair_raw"), **files}
+        subs.append(Subject(sid, images, None, "tabriz", {"kind": "clinical"}))
+    result = evaluate_heldout(shared_data, ["110218"], None, tmp_path / "eval", subjects=subs, max_slices=2)
+    for b in result["baselines"].values():
+        assert "110218" not in b["fitted_on"]
+    assert result["baselines"]["t2"]["fitted_on"] == ["104670"]  # the T1-only subject cannot fit T2
+    assert sorted(result["baselines"]["t1"]["fitted_on"]) == ["104670", "105465"]
+    subsets = result["results"]["110218"]["subsets"]
+    assert set(subsets) == {"+".join(s) for s in SUBSETS}
+    for methods in subsets.values():
+        assert set(methods) == {"model", "linear", "identity"}
+        assert len({m["n_slices"] for m in methods.values()}) == 1  # same slices for every method
+        for m in methods.values():
+            assert np.isfinite(m["psnr_db"]) and -1 <= m["ssim"] <= 1 and 0 <= m["mae"] <= 1
+        # a linear map fitted on another subject still beats the untrained generator
+        assert methods["linear"]["mae"] < methods["model"]["mae"]
+    png = Image.open(tmp_path / "eval" / "110218.png")
+    assert png.size[0] >= 6 * 240 and (tmp_path / "eval" / "table.csv").is_file()
