@@ -286,9 +286,40 @@ def bench_entry(entry: str, repeats: int, backends: list[str], slab: int | None 
     return res
 
 
+#: The head of ``--skull-stripping``: 1 mm isotropic, 256 x 256 x 256 voxels (``data/README.md``).
+HEAD = "heads/brainchop_t1crop_t1w/image.nii.gz"
+
+
+def bench_skull_stripping(weights: str | None, repeats: int, out_dir: Path) -> dict[str, Any]:
+    """Read-to-write seconds of ``skull_stripping`` on one 1 mm head (the paper's figure: 1.38 s
+    per image on its CPU, Kaliyugarasan et al. 2020 section 3): ``predict`` from the file path
+    (read included), then ``Prediction.save`` of the three outputs; median of ``repeats`` after
+    one warm-up. ``weights``: a folder/file of trained weights, or ``None`` for the card's."""
+    import shutil
+
+    import zoo
+
+    model = zoo.load("skull_stripping", weights="default" if weights is None else weights)
+    path = str(DATA / HEAD)
+    times, stages = [], []
+    for i in range(repeats + 1):
+        target = out_dir / f"run{i}"
+        shutil.rmtree(target, ignore_errors=True)
+        t0 = time.perf_counter()
+        pred = model.predict(path)
+        pred.save(target)
+        if i:
+            times.append(time.perf_counter() - t0)
+            stages.append(dict(pred.timing_s))
+    med = statistics.median(times)
+    return {"entry": "skull_stripping", "input": HEAD, "seconds_read_to_write": med, "repeats": repeats,
+            "stages_s": {k: statistics.median(s[k] for s in stages) for k in stages[0]},
+            "brain_ml": pred.volumes_ml["brain"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--entries", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--entries", nargs="*", default=list(CASES), choices=list(CASES))
     p.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (median)")
     p.add_argument("--backend", nargs="+", choices=["default", "onnx", "keras"], default=["default"],
                    help="the steps timed against the baseline (default: default = zoo.load without options)")
@@ -299,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"slices of the warm-up run (default {WARMUP_SLICES}; a loaded machine: fewer)")
     p.add_argument("--slab", type=int, default=None, metavar="N",
                    help="time only the central N slices along voxel axis k (smoke tests; default: whole volume)")
+    p.add_argument("--skull-stripping", action="store_true",
+                   help="also time skull_stripping read to write on a 1 mm 256^3 head, with its ratio to the "
+                        "first entry's default path (run wmh_ensemble with it)")
+    p.add_argument("--skull-stripping-weights", default=None, metavar="PATH",
+                   help="trained skull_stripping weights (default: the card's)")
     args = p.parse_args(argv)
     if not (DATA / "README.md").is_file():
         print(f"real scans not found at {DATA} (set ZOO_SHARED_DATA)", file=sys.stderr)
@@ -322,6 +358,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  step {name} ({o['backend']}): {o['seconds']:.2f} s/volume, ratio {o['ratio']:.3f}, "
                   f"Dice vs baseline {o['dice_vs_baseline']:.4f}; peak RSS +{o['peak_rss_mb']:.0f} MB, "
                   f"{o['network_samples']} member-samples, {o['gflop_per_s']:.1f} GFLOP/s", flush=True)
+    if args.skull_stripping:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            h = bench_skull_stripping(args.skull_stripping_weights, args.repeats, Path(tmp))
+        ref = results[0][args.backend[0]]["seconds"] if results else None
+        ratio = f", {h['seconds_read_to_write'] / ref:.3f}x the {results[0]['entry']} {args.backend[0]} path" if ref else ""
+        print(f"skull_stripping ({h['input']}): {h['seconds_read_to_write']:.2f} s per head read to write "
+              f"(median of {h['repeats']}; stages {', '.join(f'{k} {v:.2f} s' for k, v in h['stages_s'].items())})"
+              f"{ratio}; paper: 1.38 s on its CPU", flush=True)
+        results.append(h)
     print(f"load average at end: {load_average()} (1, 5, 15 min)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
