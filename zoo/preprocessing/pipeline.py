@@ -9,14 +9,24 @@ step                parameters                                                  
 ``resample_inplane`` ``spacing_mm`` ``[si, sj]`` or null (native spacing)        linear
 ``brain_mask``      ``method`` threshold|nonzero|otsu, ``thresholds`` per input,      none needed
                     ``largest_cc``, ``fill_holes``, ``shared`` (one mask for all)
-``zscore``          statistics inside the brain mask, per input                  none needed
+``zscore``          statistics inside the brain mask, per input (``region:        none needed
+                    input``: over every voxel of the input as given, e.g. before
+                    a ``com_crop``)
 ``slices``          ``axis``: voxel axis that indexes the 2D slices              exact
 ``crop_pad``        ``size`` ``[H, W]``, ``pad_value`` min|zero                  exact (0 fill)
 ``resample``        ``spacing_mm`` ``[si, sj, sk]`` (3D), ``order`` (3 = cubic)    linear
 ``denoise``         ``method`` none|patch_based (SimpleITK), ``params``           none needed
 ``minmax``          ``percentiles`` ``[lo, hi]`` inside the brain mask -> [-1, 1],  state.scaling
                     clipped; ``mask_background``: -1 outside the mask
+``com_crop``        ``size`` ``[I, J, K]``: keep at most ``size`` voxels per axis,  exact (0 fill)
+                    a window around the floor of the reference input's
+                    intensity centre of mass (:func:`com_window`)
 =================== =========================================================== ==========
+
+``crop_pad`` also takes ``odd`` (``zoo`` | ``antspynet``: the side of the extra pixel of an odd
+size difference) and ``inverse`` (``exact`` | ``recentre``), see
+:mod:`zoo.preprocessing.cropping`. A ``slices`` step may give ``flips`` (view name -> in-plane
+axes ``1`` rows / ``2`` columns of ``(N, H, W)`` to mirror before the network; undone on outputs).
 
 Multi-view (``claustrum_multiview.md`` §4): a ``slices`` step may name ``views`` (view name ->
 voxel axis of the reoriented grid, e.g. ``{axial: 2, coronal: 1}``) and ``view`` (the view that
@@ -45,7 +55,7 @@ from zoo.preprocessing.resampling import InplaneResampling, Resampling
 
 MASK_INPUT = "brain_mask"
 KNOWN_STEPS = ("reorient", "resample_inplane", "resample", "brain_mask", "denoise", "zscore", "slices",
-               "crop_pad", "minmax")
+               "crop_pad", "minmax", "com_crop")
 
 
 @dataclass
@@ -65,6 +75,11 @@ class PipelineState:
     view: str | None = None
     #: Per-input :class:`MinMaxScaling` of a ``minmax`` step (its inverse maps [-1, 1] back).
     scaling: dict[str, MinMaxScaling] = field(default_factory=dict)
+    #: ``com_crop``: the kept window ``((start, stop), ...)`` per axis and the grid shape before.
+    window: tuple[tuple[int, int], ...] | None = None
+    window_of: tuple[int, ...] | None = None
+    #: In-plane axes of ``(N, H, W)`` mirrored before the network (``slices`` step ``flips``).
+    flips: tuple[int, ...] = ()
 
     def brain_slices(self) -> np.ndarray:
         """Boolean ``(N,)``: slices of the network input that contain brain-mask voxels."""
@@ -193,8 +208,21 @@ class SlicePipeline:
                 from zoo.preprocessing.denoise import denoise
 
                 data = {k: denoise(v, step, spacing_mm=spacing, source=sources[k]) for k, v in data.items()}
+            elif kind == "zscore" and step.get("region") == "input":
+                data = {k: zscore(v, source=sources[k], stats_from=volumes[k].array) for k, v in data.items()}
             elif kind == "zscore":
                 data = {k: zscore(v, state.masks.get(k), source=sources[k]) for k, v in data.items()}
+            elif kind == "com_crop":
+                ref_data = data[self.channels[0]]
+                window = com_window(ref_data, step["size"])
+                state.window, state.window_of = window, tuple(ref_data.shape)
+                region = tuple(slice(a, b) for a, b in window)
+                data = {k: np.ascontiguousarray(v[region]) for k, v in data.items()}
+                mask = None if mask is None else mask[region]
+                state.masks = {k: m[region] for k, m in state.masks.items()}
+                start = np.array([a for a, _ in window], float)
+                state.grid_affine = state.grid_affine.copy()
+                state.grid_affine[:3, 3] = state.grid_affine[:3, :3] @ start + state.grid_affine[:3, 3]
             elif kind == "minmax":
                 state.scaling = {k: MinMaxScaling.fit(v, state.masks.get(k), tuple(step.get("percentiles", (0, 100))),
                                                       source=sources[k]) for k, v in data.items()}
@@ -208,7 +236,11 @@ class SlicePipeline:
         order = (axis, *[a for a in (2, 1, 0) if a != axis])
         state.slice_order = order
         slices = np.stack([np.transpose(data[c], order) for c in self.channels], axis=-1)
-        start = next(i for i, s in enumerate(self.steps) if s["step"] == "slices") + 1
+        cut = next(i for i, s in enumerate(self.steps) if s["step"] == "slices")
+        state.flips = tuple(int(a) for a in (self.steps[cut].get("flips") or {}).get(state.view, ()))
+        if state.flips:
+            slices = np.flip(slices, axis=state.flips)
+        start = cut + 1
         for step in self.steps[start:]:
             if step["step"] == "crop_pad":
                 slices = self._crop_pad(step, slices, state)
@@ -219,7 +251,8 @@ class SlicePipeline:
     @staticmethod
     def _crop_pad(step: Mapping[str, Any], slices: np.ndarray, state: PipelineState) -> np.ndarray:
         size = tuple(int(s) for s in step["size"])
-        crop = CenterCropPad(tuple(slices.shape[1:3]), size)
+        crop = CenterCropPad(tuple(slices.shape[1:3]), size, rule=step.get("odd", "zoo"),
+                             inverse_rule=step.get("inverse", "exact"))
         state.crop = crop
         if step.get("pad_value", "min") == "min":
             pad = slices.reshape(-1, slices.shape[-1]).min(axis=0)
@@ -284,6 +317,8 @@ class SlicePipeline:
         out = np.asarray(maps, dtype=np.float32)
         if state.crop is not None:
             out = state.crop.inverse(out, fill_value)
+        if state.flips:
+            out = np.flip(out, axis=state.flips)
         if state.slice_order is not None:
             out = np.transpose(out, np.argsort(state.slice_order))
         return out
@@ -293,11 +328,46 @@ class SlicePipeline:
         """A map on the slicing grid (``state.grid_affine``) -> the reference input's grid
         ``(I, J, K)``: resampling undone linearly, reorientation exactly."""
         out = np.asarray(volume, dtype=np.float32)
+        if state.window is not None:
+            full = np.zeros(state.window_of, dtype=np.float32)
+            full[tuple(slice(a, b) for a, b in state.window)] = out
+            out = full
         if state.resampling is not None:
             out = state.resampling.inverse(out)
         if state.reorientation is not None:
             out = state.reorientation.inverse(out)
         return np.ascontiguousarray(out)
+
+
+def com_window(array: np.ndarray, size) -> tuple[tuple[int, int], ...]:
+    """The window ``((start, stop), ...)`` of at most ``size[a]`` voxels per axis around the
+    intensity centre of mass of ``array``.
+
+    ``c = floor(sum(x * v) / sum(v))`` per axis (voxel units, every voxel weighted by its value,
+    as ITK's image moments), then the window is ``[max(c - ceil(n/2) + 1, 0), min(c + n/2 + 1,
+    N))`` for ``n = size[a]``: the voxels that land in an ``n``-voxel grid whose centre voxel
+    ``floor((n - 1) / 2)`` is put on ``c`` (ANTsPyNet 0.3.2 ``sysu_media_wmh_segmentation``:
+    a 256^3 reference grid, both centres floored, nearest-neighbour translation, then cropped to
+    the image's support). Axes no longer than ``n`` are kept whole only when ``c`` is central
+    enough, exactly as the reference.
+
+    Raises:
+        ConstantImageError: the intensities sum to 0 (no centre of mass).
+    """
+    from zoo import errors
+
+    x = np.asarray(array, dtype=np.float64)
+    total = x.sum()
+    if not np.isfinite(total) or total == 0:
+        raise errors.ConstantImageError("the image's intensities sum to 0; it has no centre of mass")
+    window = []
+    for axis, n in enumerate(size):
+        other = tuple(a for a in range(x.ndim) if a != axis)
+        profile = x.sum(axis=other)
+        c = int(np.floor((profile * np.arange(x.shape[axis])).sum() / total))
+        centre = (int(n) - 1) // 2
+        window.append((max(c - centre, 0), min(c - centre + int(n), x.shape[axis])))
+    return tuple(window)
 
 
 def _reoriented_spacing(spacing: np.ndarray, r: Reorientation) -> np.ndarray:
