@@ -5,7 +5,9 @@ part by the test server (``--mirror``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import urllib.parse
 from pathlib import Path
 
@@ -50,10 +52,6 @@ def test_fetch_upstream_records_converts_and_caches(server, upstream_bytes, caps
     urls = _routes(server, upstream_bytes)
     code, out, err = _fetch(server, capsys)
     assert code == 0, err
-    digests = [weights.sha256_file_bytes(b) if hasattr(weights, "sha256_file_bytes") else None
-               for b in upstream_bytes]
-    import hashlib
-
     digests = [hashlib.sha256(b).hexdigest() for b in upstream_bytes]
     for d in digests:
         assert f"recorded sha256 {d}" in out
@@ -79,8 +77,9 @@ def test_fetch_upstream_refuses_a_changed_file(server, upstream_bytes, capsys):
     _routes(server, upstream_bytes)
     assert _fetch(server, capsys)[0] == 0
     # the published file changes: a fresh raw cache and conversion must refuse it
-    changed = [upstream_bytes[0][:-8] + b"\x00" * 8, *upstream_bytes[1:]]
-    import shutil
+    blob = bytearray(upstream_bytes[0])
+    blob[len(blob) // 2] ^= 0xFF  # one byte of a kernel changed
+    changed = [bytes(blob), *upstream_bytes[1:]]
 
     shutil.rmtree(weights.zoo_home() / "upstream" / ENTRY)
     shutil.rmtree(presets.converted_dir(ENTRY, VARIANT))
