@@ -116,3 +116,43 @@ def test_profile_mismatch_is_a_typed_error():
         zoo.load("wmh_ensemble", variant="flair", weights="upstream", profile="zoo")
     with pytest.raises(errors.ProfileMismatchError, match="zoo"):
         zoo.load("wmh_ensemble", variant="flair", profile="antspynet")
+
+
+def test_claustrum_upstream_equals_antspynet(tmp_path, monkeypatch, shared_data):
+    """claustrum_multiview with the authors' (here seeded) weights and profile antspynet against
+    ANTsPyNet's claustrum_segmentation(do_preprocessing=False) on the MNI152 T1. Only the
+    coronal/axial slices the sampled lines need are run (the fixture records which)."""
+    from zoo.entries import claustrum_common
+    from zoo.inference import multiview
+
+    arrays, meta = load_fixture("claustrum_mni152")
+    t1 = shared_data / meta["inputs"]["t1"]
+    if not t1.is_file():
+        pytest.skip(f"{t1} missing")
+    folder = write_upstream_folder(tmp_path / "upstream", meta)
+    presets.fetch("claustrum_multiview", "multiview", source=folder)
+
+    needed = {view: np.array(n, int) for view, n in meta["predicted_slices"].items()}
+    original = multiview.predict_view
+    calls = []
+
+    def predict_needed(model, slices, band_fraction, batch_size=8):
+        view = ("axial", "coronal")[len(calls)]  # inference.views order
+        calls.append(view)
+        run = np.zeros(len(slices), bool)
+        run[needed[view][(needed[view] >= 0) & (needed[view] < len(slices))]] = True
+        probs = np.full(slices.shape[:3], np.nan, np.float32)
+        probs[run] = original(model, slices[run], band_fraction, batch_size)[0]
+        return probs, np.ones(len(slices), bool)
+
+    monkeypatch.setattr(claustrum_common, "predict_view", predict_needed)
+    model = zoo.load("claustrum_multiview", weights="upstream")
+    assert model.card.profile == "antspynet"
+    pred = model.predict({"t1": str(t1)})
+    prob = np.asarray(pred.images["claustrum_probability"].dataobj, dtype=np.float32)
+    got = prob[np.ix_(arrays["i"], arrays["j"], arrays["k"])]
+    assert np.isfinite(got).all(), "a sampled voxel depends on a slice the fixture did not predict"
+    diff = float(np.abs(got - arrays["probability"]).max())
+    print(f"claustrum_mni152: max |prob diff| {diff:.3g} over {got.size} voxels")
+    assert arrays["probability"].std() > 0.05
+    assert diff <= TOLERANCE

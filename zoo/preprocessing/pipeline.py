@@ -21,12 +21,17 @@ step                parameters                                                  
 ``com_crop``        ``size`` ``[I, J, K]``: keep at most ``size`` voxels per axis,  exact (0 fill)
                     a window around the floor of the reference input's
                     intensity centre of mass (:func:`com_window`)
+``reference_grid``  ``size`` ``[I, J, K]``: linear resampling onto a 1 mm LPS grid    linear
+                    centred on the brain mask's centre of mass (a given mask, else
+                    the reference input != 0); the mask is resampled the same way
+                    and kept where >= 0.5 (:mod:`zoo.preprocessing.reference_grid`)
 =================== =========================================================== ==========
 
+``zscore`` with ``zero_outside: true`` sets voxels outside the brain mask to 0 afterwards.
 ``crop_pad`` also takes ``odd`` (``zoo`` | ``antspynet``: the side of the extra pixel of an odd
 size difference) and ``inverse`` (``exact`` | ``recentre``), see
 :mod:`zoo.preprocessing.cropping`. A ``slices`` step may give ``flips`` (view name -> in-plane
-axes ``1`` rows / ``2`` columns of ``(N, H, W)`` to mirror before the network; undone on outputs).
+axes ``1`` rows / ``2`` columns of ``(N, H, W)`` to mirror after crop/pad; undone on outputs).
 
 Multi-view (``claustrum_multiview.md`` §4): a ``slices`` step may name ``views`` (view name ->
 voxel axis of the reoriented grid, e.g. ``{axial: 2, coronal: 1}``) and ``view`` (the view that
@@ -55,7 +60,7 @@ from zoo.preprocessing.resampling import InplaneResampling, Resampling
 
 MASK_INPUT = "brain_mask"
 KNOWN_STEPS = ("reorient", "resample_inplane", "resample", "brain_mask", "denoise", "zscore", "slices",
-               "crop_pad", "minmax", "com_crop")
+               "crop_pad", "minmax", "com_crop", "reference_grid")
 
 
 @dataclass
@@ -80,6 +85,8 @@ class PipelineState:
     window_of: tuple[int, ...] | None = None
     #: In-plane axes of ``(N, H, W)`` mirrored before the network (``slices`` step ``flips``).
     flips: tuple[int, ...] = ()
+    #: ``reference_grid``: the brain mask on the input grid (for output masking).
+    input_mask: np.ndarray | None = None
 
     def brain_slices(self) -> np.ndarray:
         """Boolean ``(N,)``: slices of the network input that contain brain-mask voxels."""
@@ -212,6 +219,20 @@ class SlicePipeline:
                 data = {k: zscore(v, source=sources[k], stats_from=volumes[k].array) for k, v in data.items()}
             elif kind == "zscore":
                 data = {k: zscore(v, state.masks.get(k), source=sources[k]) for k, v in data.items()}
+                if step.get("zero_outside") and state.masks:
+                    data = {k: np.where(state.masks[k], v, 0).astype(np.float32) for k, v in data.items()}
+            elif kind == "reference_grid":
+                from zoo.preprocessing.reference_grid import ReferenceGrid
+
+                base = mask if mask is not None else np.asarray(data[self.channels[0]]) != 0
+                rg = ReferenceGrid.centred_on(state.grid_affine, base, step["size"])
+                state.input_mask = base
+                state.resampling = rg
+                state.grid_affine = rg.out_affine()
+                data = {k: rg.forward(v, order=int(step.get("order", 1))) for k, v in data.items()}
+                mask = rg.forward(base.astype(np.float32)) >= 0.5
+                state.masks = {k: mask for k in data}
+                spacing = np.ones(3)
             elif kind == "com_crop":
                 ref_data = data[self.channels[0]]
                 window = com_window(ref_data, step["size"])
@@ -237,13 +258,13 @@ class SlicePipeline:
         state.slice_order = order
         slices = np.stack([np.transpose(data[c], order) for c in self.channels], axis=-1)
         cut = next(i for i, s in enumerate(self.steps) if s["step"] == "slices")
-        state.flips = tuple(int(a) for a in (self.steps[cut].get("flips") or {}).get(state.view, ()))
-        if state.flips:
-            slices = np.flip(slices, axis=state.flips)
         start = cut + 1
         for step in self.steps[start:]:
             if step["step"] == "crop_pad":
                 slices = self._crop_pad(step, slices, state)
+        state.flips = tuple(int(a) for a in (self.steps[cut].get("flips") or {}).get(state.view, ()))
+        if state.flips:  # after crop/pad, as the reference rotates the cropped slice
+            slices = np.flip(slices, axis=state.flips)
         x = np.ascontiguousarray(slices, dtype=np.float32)
         state.network_shape = x.shape
         return x, state
@@ -315,10 +336,10 @@ class SlicePipeline:
         and resampled, ``state.grid_affine``): crop/pad inverted (cropped-away regions get
         ``fill_value``) and the slicing transposed back, both exact."""
         out = np.asarray(maps, dtype=np.float32)
-        if state.crop is not None:
-            out = state.crop.inverse(out, fill_value)
         if state.flips:
             out = np.flip(out, axis=state.flips)
+        if state.crop is not None:
+            out = state.crop.inverse(out, fill_value)
         if state.slice_order is not None:
             out = np.transpose(out, np.argsort(state.slice_order))
         return out
