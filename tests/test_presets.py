@@ -111,3 +111,33 @@ def test_fetch_from_dir_offline_and_changed_local_file(tmp_path, upstream_bytes,
     (folder / "sysuMediaWmhFlairOnlyModel1.h5").write_bytes(upstream_bytes[0])  # another file
     with pytest.raises(errors.UpstreamHashChangedError, match="sysuMediaWmhFlairOnlyModel1"):
         presets.fetch(ENTRY, VARIANT, source=folder)
+
+
+def test_finetune_neonatal_from_the_adult_upstream_preset(tmp_path, capsys):
+    """``zoo finetune neonatal_claustrum --from claustrum_multiview:upstream`` starts from the
+    converted adult weights (here the seeded parity weights in the authors' layout): the coronal
+    run starts from coronal member 0 = converted member3.npz, which holds the upstream arrays
+    exactly (float32)."""
+    from test_claustrum_transfer import _subjects
+    from test_upstream_parity import load_fixture, write_upstream_folder
+
+    from zoo.entries import claustrum_common as cc
+
+    arrays, meta = load_fixture("claustrum_mni152")
+    folder = write_upstream_folder(tmp_path / "upstream", meta)
+    assert cli.main(["fetch", "claustrum_multiview", "--upstream", "--from-dir", str(folder)]) == 0
+    converted = presets.converted_dir("claustrum_multiview", "multiview")
+    model = cc.build_member(zoo.card("claustrum_multiview"), "multiview", 3)
+    weights.load_weights(model, converted / "member3.npz")
+    layers = [layer for layer in model.layers if layer.weights]
+    expected = seeded_layout(meta["layout"], meta["seeds"][3])  # claustrum_coronal_0
+    np.testing.assert_array_equal(np.asarray(layers[0].weights[0]), expected[0][1][0][1])
+
+    data = _subjects(tmp_path)
+    rc = cli.main(["finetune", "neonatal_claustrum", "--from", "claustrum_multiview:upstream",
+                   "--data", str(data), "--option", "view=coronal", "--members", "1", "--epochs", "1",
+                   "--steps-per-epoch", "1", "--batch-size", "4", "--set", "data.patch_size=64",
+                   "--out", str(tmp_path / "run")])
+    assert rc == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "run_record.json").read_text(encoding="utf-8"))
+    assert record["init_from"] == [str(converted / "member3.npz")]
