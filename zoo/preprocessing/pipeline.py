@@ -365,9 +365,9 @@ def com_window(array: np.ndarray, size) -> tuple[tuple[int, int], ...]:
     intensity centre of mass of ``array``.
 
     ``c = floor(sum(x * v) / sum(v))`` per axis (voxel units, every voxel weighted by its value,
-    as ITK's image moments), then the window is ``[max(c - ceil(n/2) + 1, 0), min(c + n/2 + 1,
-    N))`` for ``n = size[a]``: the voxels that land in an ``n``-voxel grid whose centre voxel
-    ``floor((n - 1) / 2)`` is put on ``c`` (ANTsPyNet 0.3.2 ``sysu_media_wmh_segmentation``:
+    as ITK's image moments); with ``n = size[a]`` and ``h = floor((n - 1) / 2)`` the window is
+    ``[max(c - h, 0), min(c - h + n, N))``: the voxels that land in an ``n``-voxel grid whose
+    centre voxel ``h`` is put on ``c`` (ANTsPyNet 0.3.2 ``sysu_media_wmh_segmentation``:
     a 256^3 reference grid, both centres floored, nearest-neighbour translation, then cropped to
     the image's support). Axes no longer than ``n`` are kept whole only when ``c`` is central
     enough, exactly as the reference.
