@@ -137,6 +137,7 @@ def test_finetune_neonatal_from_the_adult_upstream_preset(tmp_path, capsys):
     rc = cli.main(["finetune", "neonatal_claustrum", "--from", "claustrum_multiview:upstream",
                    "--data", str(data), "--option", "view=coronal", "--members", "1", "--epochs", "1",
                    "--steps-per-epoch", "1", "--batch-size", "4", "--set", "data.patch_size=64",
+                   "--set", "collapse_guard.loss_above=1.0",
                    "--out", str(tmp_path / "run")])
     assert rc == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "run" / "run_record.json").read_text(encoding="utf-8"))
