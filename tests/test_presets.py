@@ -142,3 +142,11 @@ def test_finetune_neonatal_from_the_adult_upstream_preset(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "run" / "run_record.json").read_text(encoding="utf-8"))
     assert record["init_from"] == [str(converted / "member3.npz")]
+
+
+def test_predict_cli_refuses_a_profile_of_other_weights(tmp_path, capsys, shared_data):
+    flair = shared_data / "open_ms" / "mni" / "patient19" / "flair.nii.gz"
+    code = cli.main(["predict", ENTRY, "--variant", VARIANT, "--profile", "antspynet",
+                     "--input", f"flair={flair}", "-o", str(tmp_path / "out")])
+    assert code == 1 and "does not belong to the card weights" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

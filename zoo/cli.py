@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resample inputs on another grid onto the reference input's grid")
     p.add_argument("--backend", choices=["keras", "onnx"], default="keras",
                    help="run the networks with Keras (default) or onnxruntime (pip install 'zoo[onnx]')")
+    p.add_argument("--profile", metavar="NAME",
+                   help="preprocessing profile of the card (default: the one belonging to the weights; "
+                        "--weights upstream runs the authors' weights with their reference profile)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", action="append", type=_key_value, default=None,
                      metavar="NAME=PATH", help="one input image (repeatable, e.g. flair=FLAIR.nii.gz)")
@@ -396,6 +399,8 @@ def _load(args: argparse.Namespace, options: dict[str, Any]):
     weights = None if args.untrained else (args.weights if args.weights is not None else DEFAULT)
     backend = getattr(args, "backend", "keras")
     extra = {} if backend == "keras" else {"backend": backend}
+    if getattr(args, "profile", None):
+        extra["profile"] = args.profile
     return zoo.load(args.name, variant=args.variant, weights=weights, options=options or None, **extra)
 
 
