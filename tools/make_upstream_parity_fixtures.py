@@ -93,7 +93,7 @@ def needed_slices(ants, case: str, images: dict, ii, jj, kk, margin: int = 2) ->
     return {"axial": {int(k) - start + d for k in kk for d in range(-margin, margin + 1)}}
 
 
-def patch_networks(antspynet_module, needed: dict[str, set], order: list[str]):
+def patch_networks(needed: dict[str, set], order: list[str]):
     """Make the reference builder return models that predict only the needed slices (NaN else)."""
     import antspynet.architectures as arch
 
@@ -153,7 +153,7 @@ def main() -> int:
         order = (["axial"] * 3 + ["coronal"] * 3) if case.startswith("claustrum") else ["axial"] * 3
         import antspynet.architectures as arch
 
-        original = patch_networks(antspynet, needed, order)
+        original = patch_networks(needed, order)
         if spec["function"] == "sysu_media_wmh_segmentation":
             prob = antspynet.sysu_media_wmh_segmentation(images["flair"], t1=images.get("t1"), use_ensemble=True)
         else:
