@@ -81,8 +81,17 @@ def load_subjects(data: Path, layout: str, inputs: Sequence[str]) -> list:
 
 def start_weights(init_from: str | Path, variant: str) -> list[Path]:
     """Weights to fine-tune from: a registered entry's weights (its ``variant`` if it has one,
-    else its default), a folder of ``member{i}.npz`` files, or one file."""
+    else its default), ``ENTRY:upstream`` (the authors' published weights of that entry, fetched
+    or found in the cache and converted: :func:`zoo.presets.fetch`), a folder of
+    ``member{i}.npz`` files, or one file."""
     name = str(init_from)
+    source, _, kind = name.partition(":")
+    if kind == "upstream" and source in registry.ENTRIES:
+        from zoo import presets
+
+        card = registry.card(source)
+        own = variant if variant in card["variants"] and card["variants"][variant].get("upstream") else None
+        return presets.fetch(source, own)[0]
     if name in registry.ENTRIES:
         card = registry.card(name)
         rec = card["variants"].get(variant) or card.variant(None)

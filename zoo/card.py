@@ -50,10 +50,13 @@ class ModelCard:
     Attributes:
         data: the card as a plain dict (YAML types).
         source: where it was read from (for messages).
+        profile: the preprocessing profile applied with :meth:`with_profile` (None: the card's
+            own sections).
     """
 
     data: dict
     source: str = "<card>"
+    profile: str | None = None
 
     # --- construction ------------------------------------------------------------------
     @classmethod
@@ -137,7 +140,7 @@ class ModelCard:
         Raises:
             CardError: unknown option key, or an option that is not a card field.
         """
-        card = ModelCard(self.to_dict(), self.source)
+        card = ModelCard(self.to_dict(), self.source, self.profile)
         for key, value in (options or {}).items():
             spec = card.data["options"].get(key)
             if spec is None:
@@ -150,6 +153,32 @@ class ModelCard:
             for parent, leaf in targets:
                 parent[leaf] = value
         validate(card.data, f"{self.source} with options {dict(options or {})}")
+        return card
+
+    def with_profile(self, name: str | None) -> "ModelCard":
+        """A copy of the card with preprocessing profile ``name`` applied (``None``: unchanged).
+
+        A profile (card ``profiles.<name>``) may give ``preprocessing`` (its ``steps`` replace
+        the card's), ``inference`` and ``postprocessing`` (their keys replace the card's). The
+        copy's ``profile`` attribute names it. Which weights a profile belongs to is checked by
+        :func:`zoo.presets.choose_profile`.
+
+        Raises:
+            ProfileMismatchError: the card defines no such profile.
+            CardError: the result fails the schema.
+        """
+        card = ModelCard(self.to_dict(), self.source, name)
+        if name is None:
+            return card
+        profiles = card.data.get("profiles") or {}
+        if name not in profiles:
+            raise errors.ProfileMismatchError(
+                f"{self.id}: unknown preprocessing profile {name!r}; the card defines {sorted(profiles) or 'none'}")
+        prof = profiles[name]
+        for section in ("preprocessing", "inference", "postprocessing"):
+            if section in prof:
+                card.data[section] = {**card.data[section], **copy.deepcopy(prof[section])}
+        validate(card.data, f"{self.source} with profile {name!r}")
         return card
 
     def option_value(self, key: str) -> Any:

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the networks with Keras or onnxruntime; auto: onnxruntime when "
                         "installed and the weights are trained (default: $ZOO_BACKEND, else the "
                         "card's inference.backend, else keras)")
+    p.add_argument("--profile", metavar="NAME",
+                   help="preprocessing profile of the card (default: the one belonging to the weights; "
+                        "--weights upstream runs the authors' weights with their reference profile)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", action="append", type=_key_value, default=None,
                      metavar="NAME=PATH", help="one input image (repeatable, e.g. flair=FLAIR.nii.gz)")
@@ -214,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", dest="output", type=Path, required=True, metavar="FILE",
                    help="output .onnx file")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "fetch", parents=[common], help="download and verify an entry's weights",
+        description="Fetch an entry's weights into the cache ($ZOO_HOME): the card's own weights, "
+                    "or with --upstream the authors' published weights (sha256 recorded on first "
+                    "download and checked on every later one, converted to the zoo format, float32).",
+        epilog="Offline: --from-dir FOLDER_OR_FILE takes the upstream files from a local copy. "
+               "Then zoo.load(NAME, variant=V, weights='upstream') uses the cached conversion.")
+    p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
+    p.add_argument("--variant", help="variant (default: the card's default_variant)")
+    p.add_argument("--upstream", action="store_true", help="the authors' published weights")
+    p.add_argument("--from-dir", dest="from_dir", type=Path, metavar="PATH",
+                   help="with --upstream: a local folder (or one file) holding the upstream files")
+    p.add_argument("--mirror", metavar="URL",
+                   help="with --upstream: a URL prefix serving the files under their URL's last part")
+    p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("evaluate", parents=[common], help="score weights on labelled subjects",
                        description="Predict labelled subjects and score them with the challenge metrics.")
@@ -365,6 +384,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """``zoo fetch NAME [--variant V] [--upstream [--from-dir PATH] [--mirror URL]]``: put the
+    weights into the cache and print their paths and sha256 (and any digest recorded)."""
+    from zoo import presets, registry, weights as weights_mod
+
+    if not args.upstream and (args.from_dir is not None or args.mirror):
+        raise UsageError("--from-dir and --mirror need --upstream")
+    if args.upstream:
+        paths, digests = presets.fetch(args.name, args.variant, args.from_dir, mirror=args.mirror,
+                                       say=print)
+    else:
+        card = registry.card(args.name)
+        variant = args.variant or card["default_variant"]
+        records = card.variant(variant)["weights"]
+        paths = weights_mod.resolve(records, card.id, variant)
+        digests = [r["sha256"] for r in records]
+    for path, digest in zip(paths, digests):
+        print(f"{path} sha256 {digest}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``zoo evaluate``: per-case metrics and their summary for labelled subjects."""
     _framework(args)
@@ -411,6 +451,8 @@ def _load(args: argparse.Namespace, options: dict[str, Any], announce: bool = Tr
     weights = None if args.untrained else (args.weights if args.weights is not None else DEFAULT)
     backend = getattr(args, "backend", None)
     extra = {} if backend is None else {"backend": backend}
+    if getattr(args, "profile", None):
+        extra["profile"] = args.profile
     _framework(args)
     model = zoo.load(args.name, variant=args.variant, weights=weights, options=options or None, **extra)
     if announce:

@@ -102,7 +102,8 @@ def resolve_backend(c: ModelCard, backend: str | None, trained: bool) -> str:
 
 
 def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
-         options: Mapping[str, Any] | None = None, backend: str | None = None):
+         options: Mapping[str, Any] | None = None, backend: str | None = None,
+         profile: str | None = None):
     """Load an entry: build its Keras members and load their weights.
 
     Args:
@@ -110,8 +111,11 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
         variant: variant name (default: the card's ``default_variant``).
         weights: ``"default"`` resolves the card's weight files (explicit > user cache
             ``$ZOO_HOME`` > bundled ``weights/`` > the card's URLs, each sha256-checked);
-            ``None`` builds the untrained architecture; a folder, a file, a list of files or an
-            http(s) URL loads those (a folder holds ``member0.npz``, ``member1.npz``, ...).
+            ``None`` builds the untrained architecture; ``"upstream"`` fetches (or finds in the
+            cache) the authors' published weights of the variant, sha256-checked and converted
+            (:func:`zoo.presets.fetch`), and runs them with their reference preprocessing
+            profile; a folder, a file, a list of files or an http(s) URL loads those (a folder
+            holds ``member0.npz``, ``member1.npz``, ...).
         options: paper-vs-code switches from the card's ``options`` (e.g.
             ``{"threshold": 0.45, "mask_method": "nonzero"}``).
         backend: ``"keras"``, ``"onnx"`` or ``"auto"``; None (default): ``$ZOO_BACKEND``, else
@@ -120,18 +124,27 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
             members are exported to ONNX once (cached under ``$ZOO_HOME/onnx``, keyed by their
             weights) and run by onnxruntime through the entry's unchanged ``predict`` flow
             (:mod:`zoo.onnx_backend`).
+        profile: the preprocessing profile (card ``profiles``); default: the one belonging to
+            the weights (the upstream record's first profile for ``"upstream"``, the card's own
+            sections otherwise). A profile that belongs to other weights raises
+            ProfileMismatchError.
     Returns:
         :class:`~zoo.model.ZooModel`.
     Raises:
         UnknownEntryError, UnknownVariantError, CardError, WeightsNotAvailableError,
-        ChecksumError, WeightsError, BackendError (unknown backend, onnx extra missing).
+        ChecksumError (UpstreamHashChangedError), WeightsError (ConversionError,
+        ProfileMismatchError), BackendError (unknown backend, onnx extra missing).
     """
+    from zoo import presets
     from zoo.model import ZooModel  # imports Keras/TensorFlow: only when a model is loaded
 
-    c = card(name).with_options(options)
+    base = card(name)
+    base.variant(variant)  # UnknownVariantError first
+    variant = variant or base["default_variant"]
+    kind = presets.weights_kind(weights, DEFAULT)
+    c = base.with_profile(presets.choose_profile(base, variant, kind, profile)).with_options(options)
     backend = resolve_backend(c, backend, trained=weights is not None)
     rec = c.variant(variant)
-    variant = variant or c["default_variant"]
     if backend == "onnx":
         from zoo.onnx_backend import require
 
@@ -139,7 +152,16 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
     entry = importlib.import_module(ENTRIES[name])
     models = entry.build_members(c, variant)
     source = None
-    if weights is not None:
+    if kind == "upstream":
+        paths, checksums = presets.fetch(name, variant)
+        if len(paths) != len(models):
+            raise errors.WeightsError(
+                f"{c.id} (variant {variant}) has {len(paths)} upstream member weights but "
+                f"{len(models)} members are built; keep n_members at the authors' count")
+        for model, path, digest in zip(models, paths, checksums):
+            weights_mod.load_weights(model, path, sha256=digest)
+        source = [str(p) for p in paths]
+    elif weights is not None:
         paths, checksums = _weight_paths(c, variant, rec["weights"], weights, len(models))
         for model, path, digest in zip(models, paths, checksums):
             weights_mod.load_weights(model, path, sha256=digest)
@@ -153,8 +175,13 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
 
 
 def _how_to(c: ModelCard, variant: str) -> str:
-    """The card's own instructions for getting weights (``variants.<v>.upstream_weights.how_to``)."""
+    """The card's own instructions for getting weights (``variants.<v>.upstream_weights.how_to``,
+    and the ``upstream`` preset when the variant has one)."""
     how = (c.variant(variant).get("upstream_weights") or {}).get("how_to")
+    if c.variant(variant).get("upstream"):
+        how = (f"{how} Or " if how else "") + (
+            f"load the authors' published weights with weights='upstream' (zoo fetch {c.id} "
+            f"--variant {variant} --upstream; offline: --from-dir FOLDER)")
     return f". How to get them: {' '.join(str(how).split())}" if how else ""
 
 

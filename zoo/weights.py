@@ -421,7 +421,7 @@ def _progress(total: int | None, desc: str) -> Any | None:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)
 
 
-def _fetch_one(url: str, dest: Path, sha256: str, timeout: float, size: int | None) -> str | None:
+def _fetch_one(url: str, dest: Path, sha256: str | None, timeout: float, size: int | None) -> str | None:
     """Download ``url`` to ``dest`` via a temp file. Returns None on success, else why it failed.
 
     Never raises for network or checksum problems: a wrong digest is returned as a failure
@@ -468,7 +468,7 @@ def _fetch_one(url: str, dest: Path, sha256: str, timeout: float, size: int | No
             out.flush()
             os.fsync(out.fileno())
         actual = digest.hexdigest()
-        if actual != sha256:
+        if sha256 is not None and actual != sha256:
             return f"sha256 mismatch: got {actual}, expected {sha256} ({received} bytes received)"
         publish(tmp, dest)
         done = True
@@ -487,7 +487,7 @@ def _fetch_one(url: str, dest: Path, sha256: str, timeout: float, size: int | No
 def download(
     url_or_urls: str | Sequence[str],
     dest: str | os.PathLike,
-    sha256: str,
+    sha256: str | None,
     *,
     timeout: float = 60,
     size: int | None = None,
@@ -498,7 +498,9 @@ def download(
     Args:
         url_or_urls: one URL or a list of mirror URLs (``http://``, ``https://`` or ``file://``).
         dest: the final file path; its folder is created if missing.
-        sha256: the expected sha256 hex digest.
+        sha256: the expected sha256 hex digest; ``None`` only for a file whose digest is not
+            known yet (an authors' upstream file on first download: :mod:`zoo.presets` records
+            the digest of what arrived and checks every later copy against it).
         timeout: socket timeout in seconds for each connection.
         size: optional expected size in bytes (checked against Content-Length and the bytes read).
         hint: the last sentence of the DownloadError message (what the user can do instead).
@@ -518,7 +520,7 @@ def download(
     """
     urls = [url_or_urls] if isinstance(url_or_urls, str) else list(url_or_urls)
     dest = Path(dest)
-    expected = _normalise_sha256(sha256, str(dest))
+    expected = None if sha256 is None else _normalise_sha256(sha256, str(dest))
     if not urls:
         raise DownloadError(f"{dest}: no URL to download from")
     try:

@@ -134,6 +134,8 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False,
 
     t0 = time.perf_counter()
     prob_native = pipe.grid_to_input(fused, state)
+    if post.get("mask_output") and state.input_mask is not None:  # reference profile: P x brain mask
+        prob_native = np.where(state.input_mask, prob_native, 0.0).astype(np.float32)
     mask = postprocessing.binarise(prob_native, float(inf["threshold"]))
     ref = volumes[channels[0]]
     brain = state.masks[channels[0]]

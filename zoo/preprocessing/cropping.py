@@ -7,32 +7,74 @@ from dataclasses import dataclass
 import numpy as np
 
 
+#: Odd-pixel rules of :class:`CenterCropPad`: where the extra pixel goes when a size difference
+#: is odd. ``zoo`` (spec ``wmh_ensemble.md`` §4 step 4): crop ``floor(d/2)`` at the start, pad
+#: ``floor(d/2)`` before (the extra pixel after). ``antspynet`` (ANTsPyNet 0.3.2's
+#: ``pad_or_crop_image_to_size``: symmetric zero padding of every axis by an even amount, then a
+#: centred crop starting at ``floor(d/2)``): output pixel ``o`` takes input pixel
+#: ``o + floor((s - t) / 2)`` on every axis, i.e. crop ``floor(d/2)`` at the start, pad
+#: ``ceil(d/2)`` before (the extra pixel before).
+ODD_RULES = ("zoo", "antspynet")
+#: Inverse rules: ``exact`` maps every kept pixel back where it came from; ``recentre`` undoes the
+#: crop/pad with a second, independent centred crop/pad from ``size`` back to ``in_size`` under
+#: the same odd rule (what ANTsPyNet does when it restacks predictions): for an odd size
+#: difference this lands one pixel off the forward mapping, and the reference profiles keep it.
+INVERSE_RULES = ("exact", "recentre")
+
+
+def _offset(s: int, t: int, rule: str) -> int:
+    """Output pixel ``o`` of a centred crop/pad from length ``s`` to ``t`` takes input pixel
+    ``o + offset`` (negative offset = padding before)."""
+    if rule == "antspynet":
+        return (s - t) // 2
+    return (s - t) // 2 if s >= t else -((t - s) // 2)
+
+
+def _axis_regions(s: int, t: int, off: int) -> tuple[slice, slice]:
+    """``(input_region, output_region)`` of one axis for ``out[o] = in[o + off]``."""
+    src0, dst0 = max(off, 0), max(-off, 0)
+    length = max(0, min(s - src0, t - dst0))
+    return slice(src0, src0 + length), slice(dst0, dst0 + length)
+
+
 @dataclass(frozen=True)
 class CenterCropPad:
     """Centre crop or pad each in-plane axis of ``(N, H, W, ...)`` slices to ``size`` (spec
     ``wmh_ensemble.md`` §4 step 4).
 
     For an axis of length ``s`` and target ``t``: if ``s > t`` crop starting at
-    ``floor((s - t) / 2)``; if ``s < t`` pad ``floor((t - s) / 2)`` before and the rest after.
+    ``floor((s - t) / 2)``; if ``s < t`` pad ``floor((t - s) / 2)`` before and the rest after
+    (``rule="zoo"``), or ``ceil((t - s) / 2)`` before (``rule="antspynet"``, see ``ODD_RULES``).
+    ``inverse_rule`` (``INVERSE_RULES``): ``exact`` (default) or ``recentre``.
     """
 
     in_size: tuple[int, int]
     size: tuple[int, int]
+    rule: str = "zoo"
+    inverse_rule: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.rule not in ODD_RULES:
+            raise ValueError(f"crop_pad odd rule must be one of {ODD_RULES}, got {self.rule!r}")
+        if self.inverse_rule not in INVERSE_RULES:
+            raise ValueError(f"crop_pad inverse must be one of {INVERSE_RULES}, got {self.inverse_rule!r}")
 
     def _offsets(self, axis: int) -> tuple[int, int]:
-        s, t = self.in_size[axis], self.size[axis]
-        if s >= t:
-            return (s - t) // 2, 0  # crop start, pad before
-        return 0, (t - s) // 2
+        off = _offset(self.in_size[axis], self.size[axis], self.rule)
+        return max(off, 0), max(-off, 0)  # crop start, pad before
 
-    def _regions(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        """``(input_region, output_region)``: the index tuples of the kept pixels."""
+    def _regions(self, inverse: bool = False) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """``(input_region, output_region)``: the index tuples of the kept pixels (for the
+        ``recentre`` inverse with ``inverse=True``: of the size -> in_size mapping, as
+        ``(region in size, region in in_size)``)."""
         src, dst = [slice(None)], [slice(None)]
         for axis in (0, 1):
-            crop, pad = self._offsets(axis)
-            length = min(self.in_size[axis], self.size[axis])
-            src.append(slice(crop, crop + length))
-            dst.append(slice(pad, pad + length))
+            s, t = self.in_size[axis], self.size[axis]
+            if inverse:
+                s, t = t, s
+            a, b = _axis_regions(s, t, _offset(s, t, self.rule))
+            src.append(a)
+            dst.append(b)
         return tuple(src), tuple(dst)
 
     def forward(self, slices: np.ndarray, pad_value: float | np.ndarray = 0.0) -> np.ndarray:
@@ -51,6 +93,10 @@ class CenterCropPad:
         get ``fill_value`` (probability 0, spec §10 step 1)."""
         n = slices.shape[0]
         out = np.full((n, *self.in_size, *slices.shape[3:]), fill_value, dtype=slices.dtype)
+        if self.inverse_rule == "recentre":
+            src, dst = self._regions(inverse=True)
+            out[dst] = slices[src]
+            return out
         src, dst = self._regions()
         out[src] = slices[dst]
         return out

@@ -10,7 +10,7 @@ from zoo import errors
 
 
 def zscore(array: np.ndarray, mask: np.ndarray | None = None, *, source: str = "image",
-           ddof: int = 0) -> np.ndarray:
+           ddof: int = 0, stats_from: np.ndarray | None = None) -> np.ndarray:
     """Gaussian normalisation ``(x - mean(x[m])) / std(x[m])`` with the population std (``ddof``
     0; ``ddof=1`` is the sample std of torch's ``Tensor.std()``, as TorchIO ``ZNormalization``).
 
@@ -21,13 +21,18 @@ def zscore(array: np.ndarray, mask: np.ndarray | None = None, *, source: str = "
         array: ``(I, J, K)`` intensities.
         mask: boolean ``(I, J, K)`` region for the statistics (``None``: all voxels).
         source: name of the input for messages.
+        stats_from: take the statistics from these values instead (any shape; ``mask`` is then
+            ignored), e.g. the whole input volume when ``array`` is a crop of it.
     Returns:
         float32 array of the same shape.
     Raises:
         ConstantImageError: the mask is empty or the intensities inside it are constant.
     """
     x = np.asarray(array, dtype=np.float64)
-    values = x if mask is None else x[mask]
+    if stats_from is not None:
+        values = np.asarray(stats_from, dtype=np.float64).ravel()
+    else:
+        values = x if mask is None else x[mask]
     if values.size == 0:
         raise errors.ConstantImageError(
             f"{source}: the brain mask is empty, so the image cannot be normalised; check the "

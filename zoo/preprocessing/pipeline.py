@@ -9,14 +9,29 @@ step                parameters                                                  
 ``resample_inplane`` ``spacing_mm`` ``[si, sj]`` or null (native spacing)        linear
 ``brain_mask``      ``method`` threshold|nonzero|otsu|skull_stripping, ``thresholds``  none needed
                     per input, ``largest_cc``, ``fill_holes``, ``shared`` (one mask for all)
-``zscore``          statistics inside the brain mask, per input                  none needed
+``zscore``          statistics inside the brain mask, per input (``region:        none needed
+                    input``: over every voxel of the input as given, e.g. before
+                    a ``com_crop``)
 ``slices``          ``axis``: voxel axis that indexes the 2D slices              exact
 ``crop_pad``        ``size`` ``[H, W]``, ``pad_value`` min|zero                  exact (0 fill)
 ``resample``        ``spacing_mm`` ``[si, sj, sk]`` (3D), ``order`` (3 = cubic)    linear
 ``denoise``         ``method`` none|patch_based (SimpleITK), ``params``           none needed
 ``minmax``          ``percentiles`` ``[lo, hi]`` inside the brain mask -> [-1, 1],  state.scaling
                     clipped; ``mask_background``: -1 outside the mask
+``com_crop``        ``size`` ``[I, J, K]``: keep at most ``size`` voxels per axis,  exact (0 fill)
+                    a window around the floor of the reference input's
+                    intensity centre of mass (:func:`com_window`)
+``reference_grid``  ``size`` ``[I, J, K]``: linear resampling onto a 1 mm LPS grid    linear
+                    centred on the brain mask's centre of mass (a given mask, else
+                    the reference input != 0); the mask is resampled the same way
+                    and kept where >= 0.5 (:mod:`zoo.preprocessing.reference_grid`)
 =================== =========================================================== ==========
+
+``zscore`` with ``zero_outside: true`` sets voxels outside the brain mask to 0 afterwards.
+``crop_pad`` also takes ``odd`` (``zoo`` | ``antspynet``: the side of the extra pixel of an odd
+size difference) and ``inverse`` (``exact`` | ``recentre``), see
+:mod:`zoo.preprocessing.cropping`. A ``slices`` step may give ``flips`` (view name -> in-plane
+axes ``1`` rows / ``2`` columns of ``(N, H, W)`` to mirror after crop/pad; undone on outputs).
 
 Multi-view (``claustrum_multiview.md`` §4): a ``slices`` step may name ``views`` (view name ->
 voxel axis of the reoriented grid, e.g. ``{axial: 2, coronal: 1}``) and ``view`` (the view that
@@ -48,7 +63,7 @@ from zoo.preprocessing.resampling import InplaneResampling, Resampling
 
 MASK_INPUT = "brain_mask"
 KNOWN_STEPS = ("reorient", "resample_inplane", "resample", "brain_mask", "denoise", "zscore", "slices",
-               "crop_pad", "minmax")
+               "crop_pad", "minmax", "com_crop", "reference_grid")
 
 
 @dataclass
@@ -71,6 +86,13 @@ class PipelineState:
     #: How the brain mask was made when another entry made it (``mask_method=skull_stripping``:
     #: entry, card version, brain volume in mL, its QC flags), else ``None``.
     mask_record: dict | None = None
+    #: ``com_crop``: the kept window ``((start, stop), ...)`` per axis and the grid shape before.
+    window: tuple[tuple[int, int], ...] | None = None
+    window_of: tuple[int, ...] | None = None
+    #: In-plane axes of ``(N, H, W)`` mirrored before the network (``slices`` step ``flips``).
+    flips: tuple[int, ...] = ()
+    #: ``reference_grid``: the brain mask on the input grid (for output masking).
+    input_mask: np.ndarray | None = None
 
     def brain_slices(self) -> np.ndarray:
         """Boolean ``(N,)``: slices of the network input that contain brain-mask voxels."""
@@ -205,8 +227,35 @@ class SlicePipeline:
                 from zoo.preprocessing.denoise import denoise
 
                 data = {k: denoise(v, step, spacing_mm=spacing, source=sources[k]) for k, v in data.items()}
+            elif kind == "zscore" and step.get("region") == "input":
+                data = {k: zscore(v, source=sources[k], stats_from=volumes[k].array) for k, v in data.items()}
             elif kind == "zscore":
                 data = {k: zscore(v, state.masks.get(k), source=sources[k]) for k, v in data.items()}
+                if step.get("zero_outside") and state.masks:
+                    data = {k: np.where(state.masks[k], v, 0).astype(np.float32) for k, v in data.items()}
+            elif kind == "reference_grid":
+                from zoo.preprocessing.reference_grid import ReferenceGrid
+
+                base = mask if mask is not None else np.asarray(data[self.channels[0]]) != 0
+                rg = ReferenceGrid.centred_on(state.grid_affine, base, step["size"])
+                state.input_mask = base
+                state.resampling = rg
+                state.grid_affine = rg.out_affine()
+                data = {k: rg.forward(v, order=int(step.get("order", 1))) for k, v in data.items()}
+                mask = rg.forward(base.astype(np.float32)) >= 0.5
+                state.masks = {k: mask for k in data}
+                spacing = np.ones(3)
+            elif kind == "com_crop":
+                ref_data = data[self.channels[0]]
+                window = com_window(ref_data, step["size"])
+                state.window, state.window_of = window, tuple(ref_data.shape)
+                region = tuple(slice(a, b) for a, b in window)
+                data = {k: np.ascontiguousarray(v[region]) for k, v in data.items()}
+                mask = None if mask is None else mask[region]
+                state.masks = {k: m[region] for k, m in state.masks.items()}
+                start = np.array([a for a, _ in window], float)
+                state.grid_affine = state.grid_affine.copy()
+                state.grid_affine[:3, 3] = state.grid_affine[:3, :3] @ start + state.grid_affine[:3, 3]
             elif kind == "minmax":
                 state.scaling = {k: MinMaxScaling.fit(v, state.masks.get(k), tuple(step.get("percentiles", (0, 100))),
                                                       source=sources[k]) for k, v in data.items()}
@@ -220,10 +269,14 @@ class SlicePipeline:
         order = (axis, *[a for a in (2, 1, 0) if a != axis])
         state.slice_order = order
         slices = np.stack([np.transpose(data[c], order) for c in self.channels], axis=-1)
-        start = next(i for i, s in enumerate(self.steps) if s["step"] == "slices") + 1
+        cut = next(i for i, s in enumerate(self.steps) if s["step"] == "slices")
+        start = cut + 1
         for step in self.steps[start:]:
             if step["step"] == "crop_pad":
                 slices = self._crop_pad(step, slices, state)
+        state.flips = tuple(int(a) for a in (self.steps[cut].get("flips") or {}).get(state.view, ()))
+        if state.flips:  # after crop/pad, as the reference rotates the cropped slice
+            slices = np.flip(slices, axis=state.flips)
         x = np.ascontiguousarray(slices, dtype=np.float32)
         state.network_shape = x.shape
         return x, state
@@ -231,7 +284,8 @@ class SlicePipeline:
     @staticmethod
     def _crop_pad(step: Mapping[str, Any], slices: np.ndarray, state: PipelineState) -> np.ndarray:
         size = tuple(int(s) for s in step["size"])
-        crop = CenterCropPad(tuple(slices.shape[1:3]), size)
+        crop = CenterCropPad(tuple(slices.shape[1:3]), size, rule=step.get("odd", "zoo"),
+                             inverse_rule=step.get("inverse", "exact"))
         state.crop = crop
         if step.get("pad_value", "min") == "min":
             pad = slices.reshape(-1, slices.shape[-1]).min(axis=0)
@@ -294,6 +348,8 @@ class SlicePipeline:
         and resampled, ``state.grid_affine``): crop/pad inverted (cropped-away regions get
         ``fill_value``) and the slicing transposed back, both exact."""
         out = np.asarray(maps, dtype=np.float32)
+        if state.flips:
+            out = np.flip(out, axis=state.flips)
         if state.crop is not None:
             out = state.crop.inverse(out, fill_value)
         if state.slice_order is not None:
@@ -305,11 +361,46 @@ class SlicePipeline:
         """A map on the slicing grid (``state.grid_affine``) -> the reference input's grid
         ``(I, J, K)``: resampling undone linearly, reorientation exactly."""
         out = np.asarray(volume, dtype=np.float32)
+        if state.window is not None:
+            full = np.zeros(state.window_of, dtype=np.float32)
+            full[tuple(slice(a, b) for a, b in state.window)] = out
+            out = full
         if state.resampling is not None:
             out = state.resampling.inverse(out)
         if state.reorientation is not None:
             out = state.reorientation.inverse(out)
         return np.ascontiguousarray(out)
+
+
+def com_window(array: np.ndarray, size) -> tuple[tuple[int, int], ...]:
+    """The window ``((start, stop), ...)`` of at most ``size[a]`` voxels per axis around the
+    intensity centre of mass of ``array``.
+
+    ``c = floor(sum(x * v) / sum(v))`` per axis (voxel units, every voxel weighted by its value,
+    as ITK's image moments); with ``n = size[a]`` and ``h = floor((n - 1) / 2)`` the window is
+    ``[max(c - h, 0), min(c - h + n, N))``: the voxels that land in an ``n``-voxel grid whose
+    centre voxel ``h`` is put on ``c`` (ANTsPyNet 0.3.2 ``sysu_media_wmh_segmentation``:
+    a 256^3 reference grid, both centres floored, nearest-neighbour translation, then cropped to
+    the image's support). Axes no longer than ``n`` are kept whole only when ``c`` is central
+    enough, exactly as the reference.
+
+    Raises:
+        ConstantImageError: the intensities sum to 0 (no centre of mass).
+    """
+    from zoo import errors
+
+    x = np.asarray(array, dtype=np.float64)
+    total = x.sum()
+    if not np.isfinite(total) or total == 0:
+        raise errors.ConstantImageError("the image's intensities sum to 0; it has no centre of mass")
+    window = []
+    for axis, n in enumerate(size):
+        other = tuple(a for a in range(x.ndim) if a != axis)
+        profile = x.sum(axis=other)
+        c = int(np.floor((profile * np.arange(x.shape[axis])).sum() / total))
+        centre = (int(n) - 1) // 2
+        window.append((max(c - centre, 0), min(c - centre + int(n), x.shape[axis])))
+    return tuple(window)
 
 
 def _reoriented_spacing(spacing: np.ndarray, r: Reorientation) -> np.ndarray:
