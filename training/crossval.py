@@ -112,7 +112,6 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.training.recipe import dotted_overrides  # noqa: F401  (validates --set like zoo train)
 
     p = argparse.ArgumentParser(prog="python -m zoo.training.crossval", description=__doc__.split("\n\n")[0])
     p.add_argument("name")

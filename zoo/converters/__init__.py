@@ -36,7 +36,7 @@ FORMATS: dict[str, str] = {
     "monai_unet": "zoo.converters.monai_unet",
 }
 
-__all__ = ["FORMATS", "convert_files", "module_for"]
+__all__ = ["FORMATS", "convert_files", "module_for", "convert_all_or_nothing"]
 
 
 def module_for(fmt: str) -> Any:
@@ -67,3 +67,46 @@ def convert_files(fmt: str, build_fn: Callable[[], Any], sources: Sequence[str |
         ConversionError: unknown format, or a file that does not fit the architecture.
     """
     return module_for(fmt).convert_files(build_fn, sources, out_dir, **kwargs)
+
+
+def convert_all_or_nothing(convert_one: Callable[[Any, Any], str], sources: Sequence[Any],
+                           out_dir: str | os.PathLike, *, names: Sequence[str] | None = None,
+                           file_prefix: str = "", what: str = "files") -> list[dict]:
+    """Run ``convert_one(source, path) -> sha256`` for every source into a temporary folder
+    inside ``out_dir`` and move the files into place only when every one converted, so a failure
+    leaves ``out_dir`` as it was (the shared body of each format's ``convert_files``).
+
+    Args:
+        convert_one: converts one source into the given ``.npz`` path and returns its sha256.
+        sources: one per member, in member order.
+        out_dir: the output folder (created if missing).
+        names: output file names; default ``member0.npz``, ``member1.npz``, ...
+        file_prefix: prepended to each record's ``file``.
+        what: the sources' kind for messages (e.g. ``".h5 files"``).
+    Returns:
+        card-ready records ``{"file", "sha256", "size"}`` in ``sources`` order.
+    Raises:
+        ConversionError: ``names`` of the wrong length or not distinct; whatever ``convert_one``
+            raises passes through (nothing written).
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    names = list(names) if names is not None else [f"member{i}.npz" for i in range(len(sources))]
+    if len(names) != len(sources) or len(set(names)) != len(names):
+        raise ConversionError(f"{len(sources)} {what} need as many distinct output names, got {names!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".converting-"))
+    try:
+        records = []
+        for source, name in zip(sources, names):
+            digest = convert_one(source, staging / name)
+            rel = f"{file_prefix.strip('/')}/{name}" if file_prefix.strip("/") else name
+            records.append({"file": rel, "sha256": digest, "size": (staging / name).stat().st_size})
+        for name in names:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return records

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -238,24 +237,11 @@ def convert_files(build_fn: Callable[[], Any], sources: Sequence[str | os.PathLi
     Raises:
         ConversionError: as :func:`convert_keras2_h5`, or ``names`` of the wrong length.
     """
-    out_dir = Path(out_dir)
-    names = list(names) if names is not None else [f"member{i}.npz" for i in range(len(sources))]
-    if len(names) != len(sources) or len(set(names)) != len(names):
-        raise ConversionError(
-            f"{len(sources)} .h5 files need as many distinct output names, got {names!r}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".converting-"))
-    try:
-        records = []
-        for source, name in zip(sources, names):
-            digest = convert_keras2_h5(build_fn(), source, staging / name, storage=storage)
-            rel = f"{file_prefix.strip('/')}/{name}" if file_prefix.strip("/") else name
-            records.append({"file": rel, "sha256": digest, "size": (staging / name).stat().st_size})
-        for name in names:
-            os.replace(staging / name, out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return records
+    from zoo.converters import convert_all_or_nothing
+
+    return convert_all_or_nothing(
+        lambda source, path: convert_keras2_h5(build_fn(), source, path, storage=storage),
+        sources, out_dir, names=names, file_prefix=file_prefix, what=".h5 files")
 
 
 def convert_keras2_h5_files(build_fn: Callable[[], Any], h5_paths: Sequence[str | os.PathLike],

@@ -38,8 +38,6 @@ convolution's output.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -339,23 +337,9 @@ def convert_files(build_fn: Callable[[], Any], sources: Sequence[str | os.PathLi
             Nothing is written to ``out_dir`` then (members are converted into a temporary
             folder inside it and moved into place only when all converted).
     """
+    from zoo.converters import convert_all_or_nothing
     from zoo.weights import save_weights
 
-    out_dir = Path(out_dir)
-    names = list(names) if names is not None else [f"member{i}.npz" for i in range(len(sources))]
-    if len(names) != len(sources) or len(set(names)) != len(names):
-        raise ConversionError(f"{len(sources)} state_dicts need as many distinct output names, got {names!r}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".converting-"))
-    try:
-        records = []
-        for source, name in zip(sources, names):
-            model = convert_state_dict(build_fn(), source, **config)
-            digest = save_weights(model, staging / name, storage=storage)
-            rel = f"{file_prefix.strip('/')}/{name}" if file_prefix.strip("/") else name
-            records.append({"file": rel, "sha256": digest, "size": (staging / name).stat().st_size})
-        for name in names:
-            os.replace(staging / name, out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return records
+    return convert_all_or_nothing(
+        lambda source, path: save_weights(convert_state_dict(build_fn(), source, **config), path, storage=storage),
+        sources, out_dir, names=names, file_prefix=file_prefix, what="state_dicts")

@@ -32,6 +32,7 @@ from scipy import ndimage
 from zoo import errors, postprocessing
 from zoo.architectures.resunet3d import build_resunet3d
 from zoo.card import ModelCard
+from zoo.inference.volume import probability_on_input_grid
 from zoo.io import Volume
 from zoo.prediction import Prediction
 from zoo.preprocessing.volume_pipeline import VolumePipeline
@@ -115,18 +116,10 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
     """
     card, variant = model.card, model.variant
     ref = volumes[card.variant(variant)["inputs"][0]]
-    timing = {}
-    t0 = time.perf_counter()
     pipe = pipeline(card)
-    x, state = pipe.apply(ref)
-    timing["preprocess"] = time.perf_counter() - t0
-
+    x, state, prob, prob_native, timing = probability_on_input_grid(
+        pipe, ref, lambda arr: network_probability(model, arr))
     t0 = time.perf_counter()
-    prob = network_probability(model, x)
-    timing["network"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    prob_native = pipe.invert(prob, state, order=1, fill_value=0.0).astype(np.float32)
     post = card["postprocessing"]
     mask = clean_mask(prob_native, float(card["inference"]["threshold"]))
     if not mask.any():
