@@ -262,7 +262,9 @@ def test_weights_with_wrong_sha256(name, tmp_path, monkeypatch, capsys):
 
 # --- the CLI -----------------------------------------------------------------------------------------
 def _assert_one_line_errors(err: str, n: int) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
+    from zoo.terminal import is_device_line
+
+    lines = [line for line in err.splitlines() if line.strip() and not is_device_line(line)]
     assert len(lines) == n, err
     assert all(line.startswith("zoo: error: ") for line in lines), err
     assert "Traceback" not in err

@@ -516,7 +516,9 @@ def test_cli_bad_recipe_setting(data_root, tmp_path, capsys, setting, named):
 
     assert main(["train", "wmh_ensemble", "--data", str(data_root), "--set", setting,
                  "--out", str(tmp_path / "run")]) == 1
-    err = capsys.readouterr().err.strip()
+    from zoo.terminal import is_device_line
+
+    err = "\n".join(x for x in capsys.readouterr().err.strip().splitlines() if not is_device_line(x))
     assert err.count("\n") == 0 and err.startswith("zoo: error:")
     assert "recipe schema" in err and named in err
     assert not (tmp_path / "run").exists()

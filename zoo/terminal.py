@@ -104,6 +104,16 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+#: The start of the CLI's device line (``"zoo: " + device_line(...)``), for tools and tests that
+#: read the error lines of a run.
+DEVICE_LINE = re.compile(r"^zoo: (CPU|GPU)\b.*\bthreads?\b")
+
+
+def is_device_line(line: str) -> bool:
+    """Whether ``line`` (one line of the CLI's stderr) is the device/threads/precision line."""
+    return bool(DEVICE_LINE.match(line))
+
+
 def device_line(backend: str = "keras", precision: str | None = None) -> str:
     """One line: device, threads, precision and runtime, e.g. ``CPU, 2 threads, float32 (onnxruntime)``.
 
