@@ -101,6 +101,17 @@ def test_builder_graphs_share_weights_and_parameter_count():
         build_resunet3d((16, 32, 32, 1), norm="batch")
 
 
+def input_rms_difference(x_strided: np.ndarray, ref, record: dict) -> float:
+    """Root mean square difference between ``x_strided`` and the reference network input, from
+    the fixture's random projections of that input (the fixture stores no image voxels: a copy
+    of the shared scan must not be committed). With rows of unit expected norm,
+    ``mean_k (R_k . d)^2`` estimates ``mean(d^2)`` (measured: 0.241 vs 0.246 for the zoo profile)."""
+    cfg = record["input_projection"]
+    v = np.asarray(x_strided, np.float64).ravel()
+    rows = np.random.default_rng(cfg["seed"]).standard_normal((cfg["n"], v.size)) / np.sqrt(v.size)
+    return float(np.sqrt(np.mean((rows @ v - ref["input_projection"]) ** 2)))
+
+
 @pytest.mark.realdata
 def test_predict_fastmonai_profile_matches_reference_on_chu_case(fx, shared_data):
     """End to end through the entry's ``predict``: case02 with the fastmonai profile and the
@@ -122,7 +133,7 @@ def test_predict_fastmonai_profile_matches_reference_on_chu_case(fx, shared_data
 
     x, state = entry.pipeline(card).apply(vol)
     assert tuple(state.resampling.out_shape) == tuple(record["resampled_shape"])
-    assert np.abs(x[:, ::record["stride"], ::record["stride"]] - ref["input_strided"]).max() <= 1e-5
+    assert input_rms_difference(x[:, ::record["stride"], ::record["stride"]], ref, record) <= 1e-5
 
     pred = entry.predict(model, {"t2": vol})
     prob = pred.network_grid["probability"]
@@ -149,7 +160,7 @@ def test_zoo_profile_feeds_the_network_another_input(fx, shared_data):
         pytest.skip(f"{image} not available")
     x, _ = entry.pipeline(registry.card("spine_vertebrae")).apply(read_volume(image))
     s = record["stride"]
-    assert np.abs(x[:, ::s, ::s] - ref["input_strided"]).max() > 0.5
+    assert input_rms_difference(x[:, ::s, ::s], ref, record) > 0.1  # measured 0.24 (max |diff| 2.7)
 
 
 def test_wrong_shape_names_key_layer_and_shapes():
