@@ -435,7 +435,7 @@ def test_read_only_cache_chmod(server, isolated, tmp_path, monkeypatch, caplog):
 def test_read_only_cache_hook(server, isolated, tmp_path, monkeypatch, caplog):
     """The same, with the writability check patched (chmod is ineffective as root)."""
     recs, scratch = _read_only_setup(server, isolated, tmp_path, monkeypatch)
-    monkeypatch.setattr(weights, "_is_writable", lambda folder: False)
+    monkeypatch.setattr(weights, "is_writable_dir", lambda folder: False)
     with caplog.at_level(logging.WARNING, logger="zoo.weights"):
         found = weights.resolve(recs, "tiny_entry", "default")
     _check_read_only(found, isolated, scratch, caplog)

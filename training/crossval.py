@@ -17,6 +17,7 @@ interrupted training resumes (BackupAndRestore), so the same command continues a
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -100,8 +101,6 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
         tables.append(table)
     pooled = pd.concat(tables, ignore_index=True)
     pooled.to_csv(out / "metrics.csv", index=False)
-    import importlib
-
     metrics = list(importlib.import_module(registry.ENTRIES[name]).EVAL_COLUMNS)
     summary = {"entry": name, "k": k, "seed": seed, "group": group, "n_cases": int(len(pooled)),
                **summarise(pooled, metrics, group_by)}
@@ -132,7 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import yaml
 
     recipe_set = {kv.split("=", 1)[0]: yaml.safe_load(kv.split("=", 1)[1]) for kv in args.set}
-    kwargs = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
+    # as recipe values, so that the learning-rate schedule (one-cycle, flat-cos) spans the run
+    if args.epochs is not None:
+        recipe_set["epochs"] = args.epochs
+    if args.steps_per_epoch is not None:
+        recipe_set["data.steps_per_epoch"] = args.steps_per_epoch
+    kwargs = {"batch_size": args.batch_size,
               "mixed_precision": args.mixed_precision, "recipe_set": recipe_set or None, "verbose": 2}
     summary = run(args.name, args.data, args.out, k=args.k, seed=args.seed, group=args.group,
                   group_by=args.group_by, final=args.final, train_kwargs=kwargs)

@@ -219,7 +219,7 @@ def _raw_file(entry: str, file_rec: dict, fmt: str, source: Path | None, n_files
     if cached.is_file():
         return cached, _check_digest(cached, file_rec, say)
     expected, _ = _expected_digest(file_rec)
-    dest = cached if _writable(cached.parent) else Path(tempfile.mkdtemp(prefix="zoo-upstream-")) / cached.name
+    dest = cached if weights_mod.is_writable_dir(cached.parent) else Path(tempfile.mkdtemp(prefix="zoo-upstream-")) / cached.name
     url = _url(file_rec, mirror)
     say(f"downloading {key} from {url}")
     try:
@@ -231,14 +231,6 @@ def _raw_file(entry: str, file_rec: dict, fmt: str, source: Path | None, n_files
             f"{key}: the file at {url} no longer has the sha256 {expected} recorded on "
             f"first download; nothing was written ({exc})") from exc
     return dest, _check_digest(dest, file_rec, say)
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
 
 
 # --- fetch + convert ------------------------------------------------------------------------------
@@ -300,7 +292,7 @@ def fetch(entry: str, variant: str | None = None, source: str | os.PathLike | No
     reused = _reuse(out, names, upstream_digests, fmt)
     if reused is not None:
         return [out / n for n in names], reused
-    if not _writable(out):
+    if not weights_mod.is_writable_dir(out):
         out = Path(tempfile.mkdtemp(prefix="zoo-upstream-converted-"))
         log.warning("weights cache not writable; converting into %s", out)
     if build_fn is None:

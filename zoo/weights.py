@@ -380,7 +380,7 @@ def bundled_path(rel: str) -> Any | None:
     return res if res.is_file() else None
 
 
-def _is_writable(folder: Path) -> bool:
+def is_writable_dir(folder: Path) -> bool:
     """True if files can be created in ``folder`` (created if missing)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -398,7 +398,7 @@ class _Destinations:
 
     def for_file(self, rel: str) -> Path:
         dest = self.cache / rel
-        if _is_writable(dest.parent):
+        if is_writable_dir(dest.parent):
             return dest
         if self._fallback is None:
             self._fallback = Path(tempfile.mkdtemp(prefix="zoo-weights-"))

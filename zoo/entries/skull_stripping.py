@@ -159,12 +159,10 @@ def brain_mask_for(volume: Volume, options: dict | None = None) -> tuple[np.ndar
     Raises:
         WeightsNotAvailableError: no weights shipped; NoHeadError: no brain found.
     """
-    from zoo import registry
-
     model = _cached_model(tuple(sorted((options or {}).items())))
     pred = predict(model, {model.input_names[0]: volume})
     mask = np.asarray(pred.images["brain_mask"].dataobj) > 0
-    return mask, {"mask_method": "skull_stripping", "entry": registry.card(ID).id,
+    return mask, {"mask_method": "skull_stripping", "entry": ID,
                   "card_version": model.card.version, "brain_ml": pred.volumes_ml["brain"],
                   "flags": list(pred.qc["flags"])}
 
