@@ -275,3 +275,34 @@ def test_chained_mask_is_used_applied_and_recorded(monkeypatch):
     assert np.unique(np.round(vol[~inner], 5)).size == 1  # background zeroed, then z-scored
     inside = vol[inner]
     assert abs(float(inside.mean())) < 1e-4 and float(inside.std()) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_mask_cleaned_on_the_network_grid_equals_the_input_grid_rule():
+    """mask_on_input_grid (cleaning on the 160 x 160 x 92 grid) gives the mask of the old rule
+    (threshold, largest component and holes on the input grid) for a brain with a hole, a
+    separate blob, and a bright padding region outside the input's field of view."""
+    from scipy import ndimage
+
+    from zoo.entries import skull_stripping as entry
+
+    card = registry.card("skull_stripping")
+    pipe = entry.pipeline(card)
+    arr, _ = _head(shape=(120, 130, 70), centre=(60, 62, 35), radius=(50, 55, 30))
+    vol = _volume(arr, np.diag([1.2, 1.2, 1.8, 1.0]))
+    x, state = pipe.apply(vol)
+    grid = np.indices(x.shape).astype(float)
+    c = np.array(x.shape, float) / 2
+    r = np.sqrt(sum(((g - cc) / 25.0) ** 2 for g, cc in zip(grid, c)))
+    prob = np.where(r <= 1.0, 0.9, 0.05).astype(np.float32)
+    prob[r <= 0.3] = 0.2  # a hole inside the brain
+    box = state.crop.valid_box()
+    corner = tuple(slice(s.start + 2, s.start + 6) for s in box)
+    prob[corner] = 0.95  # a separate blob inside the field of view
+    outside = np.ones(x.shape, bool)
+    outside[box] = False
+    prob[outside] = 0.99  # padding the network calls brain: outside the input, never kept
+    native = pipe.invert(prob, state, order=1, fill_value=0.0).astype(np.float32)
+    got = entry.mask_on_input_grid(pipe, state, prob, native, 0.5)
+    want = entry.clean_mask(native, 0.5)
+    assert want.sum() > 1000 and ndimage.label(native > 0.5)[1] >= 2
+    assert (got != want).sum() <= 0.001 * want.sum()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -13,6 +14,7 @@ import nibabel as nib
 
 from zoo import errors
 from zoo.io import _refuse_protected, publish
+from zoo.preprocessing.threaded import cpu_threads
 
 if TYPE_CHECKING:  # pandas is imported only by entries that return a table
     import pandas
@@ -106,8 +108,11 @@ class Prediction:
                     Path(tmp).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
                 elif name == "table":
                     self.table.to_csv(tmp, index=False, encoding="utf-8")
-                else:
-                    nib.save(self.images[name], tmp)
+            # gzip compression releases the GIL: the images are written side by side
+            images = [name for name in temps if name in self.images and name not in sidecars]
+            with ThreadPoolExecutor(max(1, min(len(images), cpu_threads()))) as pool:
+                for _ in pool.map(lambda name: nib.save(self.images[name], temps[name]), images):
+                    pass
             for name, tmp in temps.items():
                 publish(tmp, targets[name])
         finally:

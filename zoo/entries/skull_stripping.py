@@ -11,8 +11,8 @@ How the shared pieces plug together; every number comes from the card
        neck is cropped and a short stack is padded), z-score over the window's head voxels
                                                                     -> (X, Y, Z) network grid
     -> the fused members: softmax of the mean logits -> brain probability (X, Y, Z)
-    -> back onto the input grid (linear), > threshold, largest 3D connected component,
-       3D holes filled
+    -> > threshold, largest 3D connected component, 3D holes filled (on the network grid),
+       back onto the input grid (probability linear, the kept region nearest)
     -> Prediction: "brain_mask" (uint8 0/1), "brain_probability" (float32), "brain" (the input
        with the background set to 0, input dtype), volumes_ml["brain"], QC flags
 
@@ -97,6 +97,30 @@ def clean_mask(prob: np.ndarray, threshold: float) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
 
 
+def mask_on_input_grid(pipe: VolumePipeline, state, prob: np.ndarray, prob_native: np.ndarray,
+                       threshold: float) -> np.ndarray:
+    """The cleaned brain mask on the input grid, cleaned on the network grid (5x fewer voxels
+    than a 1 mm head, the dominant cost of :func:`clean_mask` on the input grid).
+
+    :func:`clean_mask` of the network-grid ``prob`` ``(X, Y, Z)`` inside the input's field of
+    view (the window's padding is left out) gives the kept component and its filled holes; a region map (1: the component and its one-voxel rim, 2: filled holes,
+    0: elsewhere) goes back to the input grid by nearest neighbour, and an input voxel is brain
+    when ``prob_native`` (the linear map of ``prob``, ``(I, J, K)``) exceeds ``threshold``
+    inside region 1, or it lies in region 2. The rim keeps the boundary exactly where the
+    linearly interpolated probability crosses the threshold.
+    Returns bool ``(I, J, K)`` (all False when nothing passes the threshold).
+    """
+    inside = np.zeros(prob.shape, bool)
+    inside[state.crop.valid_box()] = True  # padding lies outside the input's field of view
+    keep = clean_mask(np.where(inside, prob, 0.0), threshold)
+    if not keep.any():
+        return np.zeros(prob_native.shape, bool)
+    region = ndimage.binary_dilation(keep, structure=np.ones((3, 3, 3), bool)).astype(np.uint8)
+    region[keep & ~(prob > threshold)] = 2
+    region_native = pipe.invert(region, state, order=0, fill_value=0)
+    return ((prob_native > threshold) & (region_native == 1)) | (region_native == 2)
+
+
 def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Prediction:
     """Extract the brain of one head volume (module docstring).
 
@@ -121,7 +145,7 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
         pipe, ref, lambda arr: network_probability(model, arr))
     t0 = time.perf_counter()
     post = card["postprocessing"]
-    mask = clean_mask(prob_native, float(card["inference"]["threshold"]))
+    mask = mask_on_input_grid(pipe, state, prob, prob_native, float(card["inference"]["threshold"]))
     if not mask.any():
         raise errors.NoHeadError(
             f"{ref.source or 'input'}: no brain found (the brain probability never exceeds "

@@ -136,6 +136,10 @@ class CenterCropPadND:
             dst.append(slice(pad, pad + length))
         return tuple(src), tuple(dst)
 
+    def valid_box(self) -> tuple[slice, ...]:
+        """Slices of the output grid that hold input voxels (everything else is padding)."""
+        return self._regions()[1]
+
     def forward(self, array: np.ndarray, pad_value: float = 0.0) -> np.ndarray:
         """``(*in_size, ...)`` -> ``(*out_size, ...)``; padding takes ``pad_value``."""
         if tuple(array.shape[:len(self.in_size)]) != tuple(self.in_size):

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from zoo import errors
+from zoo.preprocessing import threaded
 
 _LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS (its own inverse)
 
@@ -82,8 +82,8 @@ class ReferenceGrid:
 def _resample(volume: np.ndarray, matrix: np.ndarray, offset: np.ndarray, shape, order: int) -> np.ndarray:
     """``out[p] = volume(matrix @ p + offset)``; points more than half a voxel outside ``volume``
     get 0, points within it take the edge value (as ITK's linear interpolator)."""
-    out = ndimage.affine_transform(volume, matrix, offset=offset, output_shape=tuple(shape), order=order,
-                                   mode="nearest", prefilter=False)
+    out = threaded.affine_transform(volume, matrix, offset=offset, output_shape=tuple(shape), order=order,
+                                    mode="nearest", prefilter=False)
     inside = np.ones(tuple(shape), dtype=bool)
     grids = np.indices(tuple(shape), sparse=True)
     for axis in range(3):

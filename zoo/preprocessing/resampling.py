@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
+
+from zoo.preprocessing import threaded
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ class Resampling:
         if self.is_identity:
             return array
         scale, offset = self._map(shape_from, shape_to)
-        return ndimage.affine_transform(np.asarray(array, dtype=np.float32), scale, offset,
-                                        output_shape=tuple(shape_to), order=order, mode="nearest")
+        return threaded.affine_transform(np.asarray(array, dtype=np.float32), scale, offset,
+                                         output_shape=tuple(shape_to), order=order, mode="nearest")
 
     def forward(self, array: np.ndarray, order: int = 1) -> np.ndarray:
         """``(I, J, K)`` at ``spacing`` -> ``out_shape`` at ``target`` (linear by default;
