@@ -258,17 +258,21 @@ def test_chained_mask_is_used_applied_and_recorded(monkeypatch):
     from zoo.preprocessing.pipeline import SlicePipeline
 
     arr, inner = _head(shape=(40, 40, 12), centre=(20, 20, 6), radius=(16, 16, 8))
-    calls = []
+    calls, seen_weights = [], []
 
-    def fake(volume, options=None):
+    def fake(volume, options=None, weights="default"):
         calls.append(volume.shape)
+        seen_weights.append(weights)
         return inner.copy(), {"mask_method": "skull_stripping", "brain_ml": float(inner.sum()) / 1000}
 
     monkeypatch.setattr(entry, "brain_mask_for", fake)
     steps = [{"step": "brain_mask", "method": "skull_stripping"}, {"step": "zscore"},
              {"step": "slices", "axis": 2}]
     x, state = SlicePipeline(steps, ["flair"]).apply({"flair": _volume(arr)})
-    assert calls == [arr.shape]
+    assert calls == [arr.shape] and seen_weights == ["default"]
+    steps[0]["mask_weights"] = "runs/ss-cv/fold0/member0.npz"  # the card option mask_weights
+    SlicePipeline(steps, ["flair"]).apply({"flair": _volume(arr)})
+    assert seen_weights[-1] == "runs/ss-cv/fold0/member0.npz"
     assert state.mask_record["brain_ml"] == pytest.approx(inner.sum() / 1000)
     np.testing.assert_array_equal(state.masks["flair"], inner)
     vol = np.transpose(x[..., 0], (2, 1, 0))  # slices (K, J, I) back to (I, J, K)

@@ -170,37 +170,40 @@ def predict(model, volumes: dict[str, Volume], *, resample: bool = False) -> Pre
     )
 
 
-def brain_mask_for(volume: Volume, options: dict | None = None) -> tuple[np.ndarray, dict]:
-    """Run this entry (shipped weights, card defaults plus ``options``) on ``volume`` and return
-    its brain mask for another entry's ``mask_method=skull_stripping``.
+def brain_mask_for(volume: Volume, options: dict | None = None, weights: str = "default") -> tuple[np.ndarray, dict]:
+    """Run this entry (card defaults plus ``options``) on ``volume`` and return its brain mask
+    for another entry's ``mask_method=skull_stripping``.
 
     Args:
         volume: the other entry's reference input (e.g. the FLAIR), ``(I, J, K)``.
         options: card options of this entry (e.g. ``{"threshold": 0.5}``).
+        weights: ``"default"`` (the shipped weights) or a weights file/folder (the other
+            entry's ``mask_weights`` option).
     Returns:
         ``(mask, record)``: bool ``(I, J, K)`` on ``volume``'s grid, and a record for the
-        caller's QC (entry, card version, brain volume in mL, flags).
+        caller's QC (entry, card version, weights, brain volume in mL, flags).
     Raises:
         WeightsNotAvailableError: no weights shipped; NoHeadError: no brain found.
     """
-    model = _cached_model(tuple(sorted((options or {}).items())))
+    weights = "default" if weights in (None, "") else str(weights)
+    model = _cached_model(tuple(sorted((options or {}).items())), weights)
     pred = predict(model, {model.input_names[0]: volume})
     mask = np.asarray(pred.images["brain_mask"].dataobj) > 0
-    return mask, {"mask_method": "skull_stripping", "entry": ID,
-                  "card_version": model.card.version, "brain_ml": pred.volumes_ml["brain"],
-                  "flags": list(pred.qc["flags"])}
+    return mask, {"mask_method": "skull_stripping", "entry": ID, "card_version": model.card.version,
+                  "weights": weights, "brain_ml": pred.volumes_ml["brain"], "flags": list(pred.qc["flags"])}
 
 
 _MODELS: dict[tuple, object] = {}
 
 
-def _cached_model(options: tuple):
-    """The loaded entry for chaining, loaded once per process and option set."""
+def _cached_model(options: tuple, weights: str = "default"):
+    """The loaded entry for chaining, loaded once per process, option set and weights."""
     from zoo import registry
 
-    if options not in _MODELS:
-        _MODELS[options] = registry.load(ID, options=dict(options))
-    return _MODELS[options]
+    key = (options, weights)
+    if key not in _MODELS:
+        _MODELS[key] = registry.load(ID, weights=weights, options=dict(options))
+    return _MODELS[key]
 
 
 def score(subject, pred: Prediction, model) -> dict:

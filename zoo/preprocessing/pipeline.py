@@ -189,7 +189,7 @@ class SlicePipeline:
         if chained:  # the skull_stripping entry on the reference input, on its own grid
             from zoo.entries.skull_stripping import brain_mask_for
 
-            mask, state.mask_record = brain_mask_for(ref)
+            mask, state.mask_record = brain_mask_for(ref, weights=mask_step.get("mask_weights", "default"))
         spacing = ref.spacing
         sources = {name: volumes[name].source for name in self.channels}
         for step in steps:
