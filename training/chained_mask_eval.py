@@ -98,7 +98,7 @@ def evaluate(data: str | Path, variant: str = "flair", cv_run: str | Path | None
             "mask_model_saw_scan": None if cv_run else "possibly (shipped weights)",
             "dsc_given": m_given["dsc"], "dsc_chained": m_chained["dsc"],
             "dsc_difference": m_chained["dsc"] - m_given["dsc"],
-            "hd95_mm_given": m_given["hd95_mm"], "hd95_mm_chained": m_chained["hd95_mm"],
+            "hd95_mm_given": m_given["hd95"], "hd95_mm_chained": m_chained["hd95"],
             "lesion_ml_ref": postprocessing.volume_ml(np.asarray(read_volume(str(s.label), "label").array) > 0,
                                                       mask_given.spacing),
             "lesion_ml_given": given.volumes_ml["wmh"], "lesion_ml_chained": chained.volumes_ml["wmh"],
