@@ -1,14 +1,16 @@
 """The authors' MONAI spine network through the zoo (issue 15): the MONAI ``UNet`` state_dict
 converter, the builder's ``padding="pytorch"`` graph and the ``fastmonai`` preprocessing
 profile reproduce the reference (MONAI 1.6.1, torch 2.13 CPU, TorchIO 0.18.86) within 1e-4 in
-probability, without torch, MONAI or a network.
+probability, without torch, MONAI or a network; and the ``spine_vertebrae`` upstream preset
+(``zoo fetch spine_vertebrae --upstream --from-dir``, ``zoo.load(..., weights="upstream")``) gets
+there end to end from extracted ``.npz`` state_dicts.
 
 Fixture ``tests/fixtures/spine_parity`` (made once by ``tools/make_spine_parity_fixture.py`` in a
 throwaway environment): seed 1515 for :func:`zoo.converters.monai_unet.seeded_state_dict` (the
 same random weights on both sides), MONAI's real state_dict keys and shapes, and the reference
 foreground probabilities of (a) seeded noise of 16 x 32 x 48 voxels (the network alone) and (b)
 Chu et al. case02 through fastMONAI's inference preprocessing (sub-volumes of the 16 x 400 x 400
-network grid) with a strided sample of the reference network input.
+network grid) with random projections of the reference network input.
 """
 
 from __future__ import annotations
@@ -374,6 +376,21 @@ def test_fetch_from_dir_converts_every_member_with_the_monai_graph(tmp_path, cap
     assert zoo.card("spine_vertebrae").variant("t2")["upstream"]["profiles"] == ["fastmonai"]
 
 
+def test_safetensors_extraction_has_the_same_digest_as_the_npz(tmp_path, capsys):
+    """``zoo fetch --from-dir`` also takes ``{i}.safetensors`` (optional extra); the digest
+    recorded is the content's, so the .npz of the same weights is then accepted as it is."""
+    pytest.importorskip("safetensors.numpy")
+    from zoo import cli, presets
+    from zoo.converters.monai_unet import source_digest
+
+    st = write_extracted_folder(tmp_path / "st", [31, 32, 33], [".safetensors"] * 3)
+    assert cli.main(["fetch", "spine_vertebrae", "--upstream", "--from-dir", str(st)]) == 0
+    npz = write_extracted_folder(tmp_path / "npz", [31, 32, 33])
+    assert source_digest(st / "0.safetensors") == source_digest(npz / "0.npz")
+    paths, _ = presets.fetch("spine_vertebrae", "t2", source=npz)
+    assert [p.name for p in paths] == ["member0.npz", "member1.npz", "member2.npz"]
+
+
 def test_online_fetch_refuses_with_the_extraction_commands(server, capsys):
     """Without --from-dir the zoo neither downloads nor unpickles the learners: a typed error
     with the exact commands; no request reaches the server."""
@@ -431,3 +448,21 @@ def test_weights_and_profiles_must_belong_together():
         zoo.load("spine_vertebrae", profile="fastmonai")
     with pytest.raises(ProfileMismatchError, match="profile 'zoo' does not belong to the upstream weights"):
         zoo.load("spine_vertebrae", weights="upstream", profile="zoo")
+
+
+def test_default_weights_keep_the_card_sections_and_the_zoo_graph():
+    """The zoo's own weights load as before the profiles existed: no profile applied (the
+    card's sections unchanged) and the Keras-padded zoo graph. (Measured once: the shipped
+    ensemble's probability on the cropped case02 is bit-identical before and after this change.)"""
+    import zoo
+    from zoo import registry
+
+    model = zoo.load("spine_vertebrae")
+    card = registry.card("spine_vertebrae")
+    assert model.card.profile is None
+    for section in ("preprocessing", "inference", "postprocessing"):
+        assert model.card[section] == card[section]
+    assert "graph" not in model.card["inference"]
+    assert not any(type(layer).__name__ == "ZeroPadding3D" for layer in model.models[0].layers)
+    assert [p.rsplit("/", 3)[-3:] for p in model.weights_source] == [
+        ["spine_vertebrae", "t2", f"member{i}.npz"] for i in range(3)]
