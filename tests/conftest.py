@@ -3,6 +3,7 @@ that need them are marked ``realdata`` and skip with a reason when the folder is
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
 import threading
@@ -50,32 +51,53 @@ def _isolated_zoo_home(tmp_path_factory, monkeypatch):
 
 
 class Server:
-    """A local HTTP server; ``routes`` maps a path to ("ok" | "404" | "truncated", body)."""
+    """A local HTTP server; ``routes`` maps a path to ``(mode, body)``.
+
+    Modes: ``"ok"`` (supports ``Range: bytes=N-`` with ``206`` and ``If-Range`` against the
+    body's ETag), ``"404"``, ``"truncated"`` (announces 1000 bytes more than the body and sends
+    half of it), ``"cut"`` (announces the right length, sends the first half of what was asked,
+    then closes: an interrupted transfer) and ``"norange"`` (ignores ``Range``: always ``200``
+    with the whole body). ``requests`` lists the paths asked for, ``headers`` the request
+    headers of each (a dict per request)."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[str, bytes]] = {}
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server API
                 server.requests.append(self.path)
+                server.headers.append(dict(self.headers.items()))
                 mode, body = server.routes.get(self.path, ("404", b""))
                 if mode == "404":
                     self.send_error(404, "Not Found")
                     return
-                self.send_response(200)
+                etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+                start = 0
+                wanted = self.headers.get("Range", "")
+                if_range = self.headers.get("If-Range")
+                if mode in ("ok", "cut") and wanted.startswith("bytes=") and wanted.endswith("-") \
+                        and (if_range is None or if_range == etag):
+                    start = int(wanted[len("bytes="):-1])
+                part = body[start:]
+                self.send_response(206 if start else 200)
                 self.send_header("Content-Type", "application/octet-stream")
-                if mode == "truncated":
-                    self.send_header("Content-Length", str(len(body) + 1000))
+                self.send_header("ETag", etag)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                if mode in ("truncated", "cut"):
+                    extra = 1000 if mode == "truncated" else 0
+                    self.send_header("Content-Length", str(len(part) + extra))
                     self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.write(part[: len(part) // 2])
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(part)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(part)
 
             def log_message(self, *args):
                 pass

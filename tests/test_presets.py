@@ -1,6 +1,6 @@
 """``zoo fetch NAME --upstream`` against a local HTTP server (issue 15): download, sha256
 recorded and printed, conversion (float32), cache reuse; a changed file is refused; an interrupted
-download leaves nothing. No network: the card's figshare URLs are served under their last path
+download leaves nothing at the final path and the next fetch resumes it (HTTP Range). No network: the card's figshare URLs are served under their last path
 part by the test server (``--mirror``)."""
 
 from __future__ import annotations
@@ -91,14 +91,31 @@ def test_fetch_upstream_refuses_a_changed_file(server, upstream_bytes, capsys):
         presets.fetch(ENTRY, VARIANT, mirror=server.url + "/files")
 
 
-def test_fetch_upstream_interrupted_leaves_nothing(server, upstream_bytes, capsys):
-    _routes(server, upstream_bytes, mode="truncated")
+def test_fetch_upstream_interrupted_leaves_nothing_then_resumes(server, upstream_bytes, capsys):
+    """A cut-off download: nothing at the final path, no digest recorded, no converted weights;
+    only the hidden staging file. The next ``zoo fetch`` asks for the rest (``Range``), checks
+    the sha256 of the whole file, records it and converts."""
+    _routes(server, upstream_bytes, mode="cut")
     code, out, err = _fetch(server, capsys)
-    assert code == 1 and "interrupted" in err
-    raw = weights.zoo_home() / "upstream"
-    assert not any(p.is_file() and p.name != "sha256.json" for p in raw.rglob("*")) if raw.exists() else True
-    assert not (raw / "sha256.json").exists()
-    assert not any(presets.converted_dir(ENTRY, VARIANT).glob("*")) if presets.converted_dir(ENTRY, VARIANT).exists() else True
+    assert code == 1 and "interrupted" in err and "resumes" in err
+    raw = weights.zoo_home() / "upstream" / ENTRY
+    name = "sysuMediaWmhFlairOnlyModel0.h5"
+    assert not (raw / name).exists()
+    assert sorted(p.name for p in raw.iterdir()) == [f".{name}.part", f".{name}.part.json"]
+    staged = (raw / f".{name}.part").stat().st_size
+    assert 0 < staged < len(upstream_bytes[0])
+    assert not (weights.zoo_home() / "upstream" / "sha256.json").exists()
+    converted = presets.converted_dir(ENTRY, VARIANT)
+    assert not converted.exists() or not any(converted.glob("*.npz"))
+
+    _routes(server, upstream_bytes)  # the server answers in full again, with Range support
+    code, out, err = _fetch(server, capsys)
+    assert code == 0, err
+    assert [h["Range"] for h in server.headers if "Range" in h] == [f"bytes={staged}-"]
+    assert f"recorded sha256 {hashlib.sha256(upstream_bytes[0]).hexdigest()}" in out
+    assert (raw / name).read_bytes() == upstream_bytes[0]
+    assert sorted(p.name for p in raw.iterdir()) == sorted(f"sysuMediaWmhFlairOnlyModel{i}.h5" for i in range(3))
+    assert sorted(p.name for p in converted.glob("*.npz")) == [f"member{i}.npz" for i in range(3)]
 
 
 def test_fetch_from_dir_offline_and_changed_local_file(tmp_path, upstream_bytes, capsys):

@@ -1,14 +1,16 @@
 """The authors' MONAI spine network through the zoo (issue 15): the MONAI ``UNet`` state_dict
 converter, the builder's ``padding="pytorch"`` graph and the ``fastmonai`` preprocessing
 profile reproduce the reference (MONAI 1.6.1, torch 2.13 CPU, TorchIO 0.18.86) within 1e-4 in
-probability, without torch, MONAI or a network.
+probability, without torch, MONAI or a network; and the ``spine_vertebrae`` upstream preset
+(``zoo fetch spine_vertebrae --upstream --from-dir``, ``zoo.load(..., weights="upstream")``) gets
+there end to end from extracted ``.npz`` state_dicts.
 
 Fixture ``tests/fixtures/spine_parity`` (made once by ``tools/make_spine_parity_fixture.py`` in a
 throwaway environment): seed 1515 for :func:`zoo.converters.monai_unet.seeded_state_dict` (the
 same random weights on both sides), MONAI's real state_dict keys and shapes, and the reference
 foreground probabilities of (a) seeded noise of 16 x 32 x 48 voxels (the network alone) and (b)
 Chu et al. case02 through fastMONAI's inference preprocessing (sub-volumes of the 16 x 400 x 400
-network grid) with a strided sample of the reference network input.
+network grid) with random projections of the reference network input.
 """
 
 from __future__ import annotations
@@ -37,25 +39,23 @@ def _softmax_fg(logits: np.ndarray) -> np.ndarray:
     return e[..., 1] / e.sum(axis=-1)
 
 
-def fastmonai_profile_card(n_members: int = 1):
-    """The spine card with the ``fastmonai`` reference profile applied: fastMONAI's inference
-    preprocessing (TorchIO grid resampling, sample std, odd voxel at the start) and the MONAI
-    graph of the converted weights (PyTorch padding, precise instance norm). Integrator: the same keys as the card's
-    ``profiles.fastmonai`` (``ModelCard.with_profile("fastmonai")``)."""
-    from zoo import registry
-    from zoo.card import ModelCard
+def write_extracted_folder(folder: Path, seeds: list[int], suffixes: list[str] | None = None) -> Path:
+    """The three state_dicts as a user's one-off extraction leaves them (the card's
+    ``how_to_offline``): ``{i}.npz`` = ``np.savez`` of the arrays keyed by MONAI names (here the
+    seeded weights, :func:`seeded_state_dict`), or ``.safetensors`` where asked."""
+    from zoo.converters.monai_unet import seeded_state_dict
 
-    base = registry.card("spine_vertebrae")
-    data = base.to_dict()
-    data["preprocessing"]["steps"] = [
-        {"step": "reorient", "codes": ["R", "A", "S"], "invertible": True},
-        {"step": "resample", "spacing_mm": [4.4, 0.78, 0.78], "grid": "torchio", "invertible": True},
-        {"step": "zscore", "region": "all", "ddof": 1, "invertible": True},
-        {"step": "crop_pad", "size": [16, 400, 400], "pad_value": 0, "large_inputs": "crop", "odd": "start",
-         "invertible": True},
-    ]
-    data["inference"].update(n_members=n_members, graph="monai")
-    return ModelCard(data, base.source)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, seed in enumerate(seeds):
+        state = seeded_state_dict(seed)
+        suffix = (suffixes or [".npz"] * len(seeds))[i]
+        if suffix == ".npz":
+            np.savez(folder / f"{i}.npz", **state)
+        else:
+            import safetensors.numpy
+
+            safetensors.numpy.save_file(state, str(folder / f"{i}{suffix}"))
+    return folder
 
 
 def test_expected_layout_is_monais_state_dict(fx):
@@ -113,35 +113,44 @@ def input_rms_difference(x_strided: np.ndarray, ref, record: dict) -> float:
 
 
 @pytest.mark.realdata
-def test_predict_fastmonai_profile_matches_reference_on_chu_case(fx, shared_data):
-    """End to end through the entry's ``predict``: case02 with the fastmonai profile and the
-    converted seeded weights gives the reference network-grid probability within 1e-4."""
+def test_upstream_preset_end_to_end_matches_reference_on_chu_case(fx, shared_data, tmp_path, capsys):
+    """The preset as a user runs it: ``zoo fetch spine_vertebrae --upstream --from-dir`` of the
+    extracted ``.npz`` state_dicts (the seeded weights of the fixture), then
+    ``zoo.load("spine_vertebrae", weights="upstream")`` (the card's fastmonai profile and the
+    MONAI graph, chosen by the card) and ``predict`` on case02: the network-grid probability
+    equals the reference (MONAI + TorchIO) within 1e-4. All three members hold the fixture's
+    weights, so the logit-mean ensemble must give the single reference network's probability."""
+    import zoo
+    from zoo import cli
     from zoo.entries import spine_vertebrae as entry
-    from zoo.converters.monai_unet import convert_state_dict, seeded_state_dict
     from zoo.io import read_volume
-    from zoo.model import ZooModel
 
     record, ref = fx
     image = shared_data / record["image"]
     if not image.is_file():
         pytest.skip(f"{image} not available")
-    card = fastmonai_profile_card()
-    models = entry.build_members(card, "t2")
-    convert_state_dict(models[0], seeded_state_dict(record["seed"]))
-    model = ZooModel(card, "t2", models, entry, None)
+    folder = write_extracted_folder(tmp_path / "extracted", [record["seed"]] * 3)
+    assert cli.main(["fetch", "spine_vertebrae", "--upstream", "--from-dir", str(folder)]) == 0
+    assert capsys.readouterr().out.count("recorded sha256") == 3
+
+    model = zoo.load("spine_vertebrae", weights="upstream")
+    assert model.card.profile == "fastmonai" and model.card["inference"]["graph"] == "monai"
+    assert len(model.models) == 3
+    assert any(type(layer).__name__ == "ZeroPadding3D" for layer in model.models[0].layers)  # PyTorch padding
     vol = read_volume(image)
 
-    x, state = entry.pipeline(card).apply(vol)
+    x, state = entry.pipeline(model.card).apply(vol)
     assert tuple(state.resampling.out_shape) == tuple(record["resampled_shape"])
     assert input_rms_difference(x[:, ::record["stride"], ::record["stride"]], ref, record) <= 1e-5
 
-    pred = entry.predict(model, {"t2": vol})
+    pred = model.predict({"t2": vol})
     prob = pred.network_grid["probability"]
     assert prob.shape == tuple(record["size"])
     s = record["stride"]
     block = tuple(slice(a, b) for a, b in record["block"])
     d_strided = np.abs(prob[:, ::s, ::s] - ref["probability_strided"]).max()
     d_block = np.abs(prob[block] - ref["probability_block"]).max()
+    print(f"spine upstream preset: max |prob diff| strided {d_strided:.3g}, block {d_block:.3g}")
     assert max(d_strided, d_block) <= TOL, (d_strided, d_block)
     assert pred.images["vertebral_bodies_probability"].shape == vol.shape
 
@@ -259,7 +268,9 @@ def test_pt_file_without_torch_is_a_typed_error(tmp_path, monkeypatch):
         read_state_dict(tmp_path / "missing.pt")
     pkl = tmp_path / "0_learner.pkl"
     pkl.write_bytes(b"\x80\x04never unpickled")
-    with pytest.raises(ConversionError, match=r"never unpickles.*torch\.save\(learn\.model\.state_dict\(\), '0\.pt'\)"):
+    with pytest.raises(ConversionError, match=r"never unpickles.*load_learner\('0_learner\.pkl', cpu=True\).*"
+                                              r"np\.savez\('0\.npz', \*\*\{k: v\.numpy\(\) for k, v in "
+                                              r"learn\.model\.state_dict\(\)\.items\(\)\}\)"):
         read_state_dict(pkl)
 
 
@@ -296,10 +307,162 @@ def test_crop_pad_odd_voxel_side():
 
 
 def test_unknown_graph_is_a_card_error():
+    from zoo import registry
     from zoo.entries import spine_vertebrae as entry
     from zoo.errors import CardError
 
-    card = fastmonai_profile_card()
+    card = registry.card("spine_vertebrae").with_profile("fastmonai")
     card.data["inference"]["graph"] = "torch"
     with pytest.raises(CardError, match="graph 'torch'"):
         entry.build_member(card, "t2", 0)
+
+
+# --- the spine_vertebrae upstream preset: fetch, digests, refusals, profile pairing ---------------
+def test_fetch_from_dir_converts_every_member_with_the_monai_graph(tmp_path, capsys, monkeypatch):
+    """``zoo fetch spine_vertebrae --upstream --from-dir`` of extracted ``.npz`` state_dicts:
+    each member is converted exactly (float32) in member order, built with the MONAI graph of
+    the fastmonai profile; the recorded digest is that of the state_dict's arrays, so the same
+    weights in another container are accepted and other weights refused."""
+    import json
+
+    import zoo
+    from zoo import cli, errors, presets, weights
+    from zoo.converters.monai_unet import seeded_state_dict, source_digest
+    from zoo.entries import spine_vertebrae as entry
+
+    graphs = []
+    real_build = entry.build_member
+
+    def spy(card, variant, member, *args, **kwargs):
+        graphs.append(card["inference"].get("graph"))
+        return real_build(card, variant, member, *args, **kwargs)
+
+    monkeypatch.setattr(entry, "build_member", spy)
+    folder = write_extracted_folder(tmp_path / "extracted", [21, 22, 23])
+    assert cli.main(["fetch", "spine_vertebrae", "--upstream", "--from-dir", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert graphs == ["monai"] * 3
+    digests = [source_digest(folder / f"{i}.npz") for i in range(3)]
+    assert len(set(digests)) == 3 and all(f"recorded sha256 {d} for {i}_learner" in out for i, d in enumerate(digests))
+    records = json.loads((weights.zoo_home() / "upstream" / "sha256.json").read_text())
+    url0 = "https://huggingface.co/skaliy/spine-segmentation/resolve/main/0_learner.pkl"
+    assert records[url0 + "#content"]["sha256"] == digests[0] and url0 not in records
+
+    converted = presets.converted_dir("spine_vertebrae", "t2")
+    for i, seed in enumerate((21, 22, 23)):
+        with np.load(converted / f"member{i}.npz") as npz:
+            kernel = next(npz[k] for k in npz.files if k.endswith("down1_conv0/kernel"))
+        assert kernel.dtype == np.float32
+        assert np.array_equal(kernel, np.transpose(seeded_state_dict(seed)["model.0.conv.unit0.conv.weight"],
+                                                   (2, 3, 4, 1, 0)))
+
+    # the same weights saved again (other bytes: np.savez stamps the time) -> same content digest, reused
+    again = tmp_path / "again"
+    again.mkdir()
+    for i, seed in enumerate((21, 22, 23)):
+        state = seeded_state_dict(seed)
+        np.savez(again / f"{i}.npz", **dict(reversed(list(state.items()))))  # other order, other bytes
+    assert (again / "0.npz").read_bytes() != (folder / "0.npz").read_bytes()
+    before = (converted / presets.MANIFEST).stat().st_mtime_ns
+    presets.fetch("spine_vertebrae", "t2", source=again)
+    assert (converted / presets.MANIFEST).stat().st_mtime_ns == before  # nothing converted again
+
+    # other weights for member 1 are refused; the conversion in the cache stays as it was
+    np.savez(again / "1.npz", **seeded_state_dict(99))
+    with pytest.raises(errors.UpstreamHashChangedError, match=r"1\.npz.*state_dict's arrays.*1_learner"):
+        presets.fetch("spine_vertebrae", "t2", source=again)
+    assert presets.manifest_checksums(converted, 3) == [
+        m["sha256"] for m in json.loads((converted / presets.MANIFEST).read_text())["members"]]
+    assert zoo.card("spine_vertebrae").variant("t2")["upstream"]["profiles"] == ["fastmonai"]
+
+
+def test_safetensors_extraction_has_the_same_digest_as_the_npz(tmp_path, capsys):
+    """``zoo fetch --from-dir`` also takes ``{i}.safetensors`` (optional extra); the digest
+    recorded is the content's, so the .npz of the same weights is then accepted as it is."""
+    pytest.importorskip("safetensors.numpy")
+    from zoo import cli, presets
+    from zoo.converters.monai_unet import source_digest
+
+    st = write_extracted_folder(tmp_path / "st", [31, 32, 33], [".safetensors"] * 3)
+    assert cli.main(["fetch", "spine_vertebrae", "--upstream", "--from-dir", str(st)]) == 0
+    npz = write_extracted_folder(tmp_path / "npz", [31, 32, 33])
+    assert source_digest(st / "0.safetensors") == source_digest(npz / "0.npz")
+    paths, _ = presets.fetch("spine_vertebrae", "t2", source=npz)
+    assert [p.name for p in paths] == ["member0.npz", "member1.npz", "member2.npz"]
+
+
+def test_online_fetch_refuses_with_the_extraction_commands(server, capsys):
+    """Without --from-dir the zoo neither downloads nor unpickles the learners: a typed error
+    with the exact commands; no request reaches the server."""
+    import zoo
+    from zoo import cli, errors, presets
+
+    code = cli.main(["fetch", "spine_vertebrae", "--upstream", "--mirror", server.url])
+    err = capsys.readouterr().err
+    assert code == 1 and server.requests == []
+    for needle in ("huggingface-cli download skaliy/spine-segmentation 0_learner.pkl 1_learner.pkl "
+                   "2_learner.pkl --revision main",
+                   "load_learner('2_learner.pkl', cpu=True)",
+                   "np.savez('2.npz', **{k: v.numpy() for k, v in learn.model.state_dict().items()})",
+                   "zoo fetch spine_vertebrae --upstream --from-dir"):
+        assert needle in " ".join(err.split()), needle
+    with pytest.raises(errors.UpstreamExtractionRequiredError, match="never downloads or unpickles"):
+        presets.fetch("spine_vertebrae")
+    with pytest.raises(errors.UpstreamExtractionRequiredError):
+        zoo.load("spine_vertebrae", weights="upstream")
+
+
+def test_learner_pickles_in_from_dir_are_refused_before_anything_is_recorded(tmp_path):
+    from zoo import presets, weights
+
+    folder = tmp_path / "learners"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}_learner.pkl").write_bytes(b"\x80\x04never unpickled")
+    with pytest.raises(ConversionError, match=r"0_learner\.pkl.*never unpickles.*np\.savez\('0\.npz'"):
+        presets.fetch("spine_vertebrae", "t2", source=folder)
+    assert not (weights.zoo_home() / "upstream" / "sha256.json").exists()
+    assert not presets.converted_dir("spine_vertebrae", "t2").exists()
+
+
+def test_zoo_npz_given_as_a_state_dict_is_a_typed_error(tmp_path):
+    from zoo.converters.monai_unet import read_state_dict
+    from zoo.weights import META_KEY
+
+    f = tmp_path / "0.npz"
+    np.savez(f, **{"a/kernel": np.zeros(3, np.float32), META_KEY: np.zeros(2, np.uint8)})
+    with pytest.raises(ConversionError, match="already converted"):
+        read_state_dict(f)
+    (tmp_path / "1.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ConversionError, match=r"1\.npz: not a readable \.npz"):
+        read_state_dict(tmp_path / "1.npz")
+
+
+def test_weights_and_profiles_must_belong_together():
+    """The card pairs the zoo's weights with the zoo profile and the authors' with fastmonai;
+    any other pairing is a typed error before anything is built or fetched."""
+    import zoo
+    from zoo.errors import ProfileMismatchError
+
+    with pytest.raises(ProfileMismatchError, match="profile 'fastmonai' does not belong to the card weights"):
+        zoo.load("spine_vertebrae", profile="fastmonai")
+    with pytest.raises(ProfileMismatchError, match="profile 'zoo' does not belong to the upstream weights"):
+        zoo.load("spine_vertebrae", weights="upstream", profile="zoo")
+
+
+def test_default_weights_keep_the_card_sections_and_the_zoo_graph():
+    """The zoo's own weights load as before the profiles existed: no profile applied (the
+    card's sections unchanged) and the Keras-padded zoo graph. (Measured once: the shipped
+    ensemble's probability on the cropped case02 is bit-identical before and after this change.)"""
+    import zoo
+    from zoo import registry
+
+    model = zoo.load("spine_vertebrae")
+    card = registry.card("spine_vertebrae")
+    assert model.card.profile is None
+    for section in ("preprocessing", "inference", "postprocessing"):
+        assert model.card[section] == card[section]
+    assert "graph" not in model.card["inference"]
+    assert not any(type(layer).__name__ == "ZeroPadding3D" for layer in model.models[0].layers)
+    assert [p.rsplit("/", 3)[-3:] for p in model.weights_source] == [
+        ["spine_vertebrae", "t2", f"member{i}.npz"] for i in range(3)]

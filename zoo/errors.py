@@ -103,6 +103,12 @@ class UpstreamHashChangedError(ChecksumError):
     first downloaded: the published file changed, or another file was given."""
 
 
+class UpstreamExtractionRequiredError(WeightsNotAvailableError):
+    """The authors' published files are not something the zoo downloads or reads (the spine's
+    fastai learner pickles, which it never unpickles): the message gives the one-off extraction
+    commands to run elsewhere and the ``zoo fetch ... --upstream --from-dir`` that follows."""
+
+
 class ProfileMismatchError(WeightsError):
     """Weights were combined with a preprocessing profile they do not belong to (e.g. the
     authors' upstream weights with the zoo's own profile); the card names which profile

@@ -15,15 +15,21 @@ Flow of :func:`fetch` (also ``zoo fetch NAME --variant V --upstream [--from-dir 
 
 0. without ``source``, a conversion in the cache whose manifest matches the pinned or recorded
    digests is used as it is (the raw files are not needed again);
-1. each upstream file comes from ``source`` (a folder holding ``<key>.h5``, ``<key>`` or the
-   URL's basename, or one file for a one-member variant), else the raw cache
-   ``$ZOO_HOME/upstream/<entry>/<key><ext>``, else its URL through
-   :func:`zoo.weights.download` (temporary file + ``os.replace``: an interrupted download leaves
-   nothing; a read-only cache falls back to a temporary folder);
-2. its sha256 is checked against the card's pinned ``sha256`` when there is one, else against
-   the digest recorded in ``$ZOO_HOME/upstream/sha256.json`` on first sight (printed then); a
-   different file raises :class:`~zoo.errors.UpstreamHashChangedError`;
-3. the files are converted (:func:`zoo.converters.convert_files`, float32 storage) into
+1. each upstream file comes from ``source`` (a folder holding one of the record's
+   ``filenames``, ``<key>`` with one of the format's suffixes (``.h5``; ``.npz``,
+   ``.safetensors``, ``.pt``), ``<key>`` or the URL's basename; or one file for a one-member
+   variant), else the raw cache ``$ZOO_HOME/upstream/<entry>/`` (same names), else its URL
+   through :func:`zoo.weights.download` (hidden staging file + ``os.replace``: an interrupted
+   download leaves nothing at the final path and the next call resumes it with HTTP ``Range``;
+   a read-only cache falls back to a temporary folder). Formats whose published files the zoo
+   never downloads (the spine's fastai learner pickles) raise
+   :class:`~zoo.errors.UpstreamExtractionRequiredError` with the extraction commands instead;
+2. its digest (:func:`zoo.converters.source_digest`: the file's sha256, or for an extracted
+   state_dict the sha256 of its arrays) is checked against the card's pinned ``sha256`` when
+   there is one, else against the digest recorded in ``$ZOO_HOME/upstream/sha256.json`` on first
+   sight (printed then); a different file raises :class:`~zoo.errors.UpstreamHashChangedError`;
+3. the files are converted (:func:`zoo.converters.convert_files`, float32 storage, the network
+   built as the variant's default upstream profile builds it: the spine's MONAI graph) into
    ``$ZOO_HOME/weights/<entry>/<variant>/upstream/member{i}.npz`` with a ``upstream.json``
    manifest (upstream and converted digests); a manifest that matches is reused.
 
@@ -142,37 +148,56 @@ def _read_records() -> dict[str, dict]:
     return data if isinstance(data, dict) else {}
 
 
-def _record_digest(url: str, key: str, digest: str, size: int, say: Callable[[str], None]) -> None:
+def _record_key(file_rec: dict, kind: str) -> str:
+    """The key of a file's digest in ``sha256.json``: its URL, plus ``#content`` for a content
+    digest (an extracted state_dict: not the bytes at the URL)."""
+    return str(file_rec["url"]) + ("" if kind == "file" else f"#{kind}")
+
+
+def _record_digest(file_rec: dict, kind: str, digest: str, size: int, say: Callable[[str], None]) -> None:
+    key, url = str(file_rec["key"]), str(file_rec["url"])
     records = _read_records()
-    records[url] = {"key": key, "sha256": digest, "size": size,
-                    "recorded": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    records[_record_key(file_rec, kind)] = {
+        "key": key, "sha256": digest, "size": size, "digest_of": kind,
+        "recorded": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     path = _records_path()
     try:
         atomic_write_text(path, json.dumps(records, indent=2, sort_keys=True) + "\n")
     except OSError as exc:
         log.warning("cannot write %s (%s); the digest of %s is not kept", path, exc, key)
-    say(f"recorded sha256 {digest} for {key} ({url}, {size} bytes) in {path}")
+    what = f"{url}, {size} bytes" if kind == "file" else \
+        f"the state_dict extracted from {url}: sha256 of its arrays, whatever the container"
+    say(f"recorded sha256 {digest} for {key} ({what}) in {path}")
 
 
-def _expected_digest(file_rec: dict) -> tuple[str | None, str]:
+def _expected_digest(file_rec: dict, kind: str) -> tuple[str | None, str]:
     """The digest a file must have (card pin, else the recorded one, else None) and its origin."""
     if file_rec.get("sha256"):
         return str(file_rec["sha256"]).lower(), "the model card"
-    rec = _read_records().get(str(file_rec["url"]))
+    rec = _read_records().get(_record_key(file_rec, kind))
     if rec and rec.get("sha256"):
-        return str(rec["sha256"]).lower(), f"{_records_path()} (first download {rec.get('recorded', '?')})"
+        return str(rec["sha256"]).lower(), f"{_records_path()} (first seen {rec.get('recorded', '?')})"
     return None, ""
 
 
-def _check_digest(path: Path, file_rec: dict, say: Callable[[str], None]) -> str:
-    """sha256 of ``path``; checked against the expected digest, or recorded if there is none."""
-    digest = weights_mod.sha256_file(path)
-    expected, origin = _expected_digest(file_rec)
+def _check_digest(path: Path, file_rec: dict, fmt: str, say: Callable[[str], None]) -> str:
+    """Digest of ``path`` (:func:`zoo.converters.source_digest`); checked against the expected
+    digest, or recorded if there is none.
+
+    Raises:
+        UpstreamHashChangedError: the digest differs from the pinned or recorded one.
+        ConversionError: the converter cannot read the file (e.g. a fastai learner pickle).
+    """
+    from zoo import converters
+
+    digest, kind = converters.source_digest(fmt, path)
+    expected, origin = _expected_digest(file_rec, kind)
     if expected is None:
-        _record_digest(str(file_rec["url"]), str(file_rec["key"]), digest, path.stat().st_size, say)
+        _record_digest(file_rec, kind, digest, path.stat().st_size, say)
     elif digest != expected:
+        what = "sha256" if kind == "file" else "sha256 of the state_dict's arrays"
         raise errors.UpstreamHashChangedError(
-            f"{path}: sha256 {digest} differs from {expected} recorded for {file_rec['key']} "
+            f"{path}: {what} {digest} differs from {expected} recorded for {file_rec['key']} "
             f"({file_rec['url']}) in {origin}. The published file changed, or this is another "
             "file; it was not used. If the authors republished their weights on purpose, delete "
             f"its entry from {_records_path()} and fetch again")
@@ -180,14 +205,15 @@ def _check_digest(path: Path, file_rec: dict, say: Callable[[str], None]) -> str
 
 
 # --- finding the raw files ----------------------------------------------------------------------------
-def _suffix(file_rec: dict, fmt: str) -> str:
-    return {"keras2_h5": ".h5", "monai_unet": ".pt"}.get(fmt, "")
-
-
 def _candidates(source: Path, file_rec: dict, fmt: str) -> list[Path]:
+    """Names an upstream file may have in a folder, in search order: the card's ``filenames``,
+    the key with each of the format's suffixes, the bare key, the URL's last part."""
+    from zoo import converters
+
     key = str(file_rec["key"])
     url_name = Path(urllib.parse.urlparse(str(file_rec["url"])).path).name
-    names = [key + _suffix(file_rec, fmt), key, url_name, *(file_rec.get("filenames") or [])]
+    names = [*(file_rec.get("filenames") or []), *(key + sfx for sfx in converters.source_suffixes(fmt)), key,
+             url_name]
     return [source / n for n in dict.fromkeys(n for n in names if n)]
 
 
@@ -199,6 +225,30 @@ def _url(file_rec: dict, mirror: str | None) -> str:
     return mirror.rstrip("/") + "/" + urllib.parse.quote(name)
 
 
+def _raw_cache(entry: str) -> Path:
+    return weights_mod.zoo_home() / UPSTREAM / entry
+
+
+def _cached_raw(entry: str, file_rec: dict, fmt: str) -> Path | None:
+    return next((p for p in _candidates(_raw_cache(entry), file_rec, fmt) if p.is_file()), None)
+
+
+def _extraction_required(card: ModelCard, variant: str, rec: dict, files: list[dict]) -> errors.ZooError:
+    """The error for an online fetch of files the zoo never downloads (fastai pickles)."""
+    from zoo import converters
+
+    urls = [urllib.parse.urlparse(str(f["url"])) for f in files]
+    names = [Path(u.path).name for u in urls]
+    repo = "/".join(urls[0].path.strip("/").split("/")[:2])
+    revision = str(rec.get("revision") or "main")
+    how = converters.module_for(str(rec["format"])).extraction_instructions(
+        names, local=False, repo=repo, revision=revision, entry=card.id)
+    return errors.UpstreamExtractionRequiredError(
+        f"{card.id} variant {variant}: the authors publish their weights as {', '.join(names)} "
+        f"({urls[0].scheme}://{urls[0].netloc}/{repo}, revision {revision}), pickled fastai learners that the "
+        f"zoo never downloads or unpickles; nothing was downloaded. Extract their state_dicts once, {how}")
+
+
 def _raw_file(entry: str, file_rec: dict, fmt: str, source: Path | None, n_files: int,
               say: Callable[[str], None], mirror: str | None = None) -> tuple[Path, str]:
     key = str(file_rec["key"])
@@ -208,29 +258,33 @@ def _raw_file(entry: str, file_rec: dict, fmt: str, source: Path | None, n_files
                 raise errors.WeightsError(
                     f"{source}: a single file was given but the preset has {n_files} upstream "
                     "files; pass the folder holding them")
-            return source, _check_digest(source, file_rec, say)
+            return source, _check_digest(source, file_rec, fmt, say)
         for candidate in _candidates(source, file_rec, fmt):
             if candidate.is_file():
-                return candidate, _check_digest(candidate, file_rec, say)
+                return candidate, _check_digest(candidate, file_rec, fmt, say)
         raise errors.WeightsNotAvailableError(
             f"{source}: holds none of {[p.name for p in _candidates(source, file_rec, fmt)]} for "
             f"upstream file {key} ({file_rec['url']})")
-    cached = weights_mod.zoo_home() / UPSTREAM / entry / (key + _suffix(file_rec, fmt))
-    if cached.is_file():
-        return cached, _check_digest(cached, file_rec, say)
-    expected, _ = _expected_digest(file_rec)
-    dest = cached if weights_mod.is_writable_dir(cached.parent) else Path(tempfile.mkdtemp(prefix="zoo-upstream-")) / cached.name
+    from zoo import converters
+
+    cached = _cached_raw(entry, file_rec, fmt)
+    if cached is not None:
+        return cached, _check_digest(cached, file_rec, fmt, say)
+    expected, _ = _expected_digest(file_rec, converters.digest_kind(fmt))
+    name = key + converters.source_suffixes(fmt)[0]
+    folder = _raw_cache(entry)
+    dest = (folder if weights_mod.is_writable_dir(folder) else Path(tempfile.mkdtemp(prefix="zoo-upstream-"))) / name
     url = _url(file_rec, mirror)
     say(f"downloading {key} from {url}")
     try:
         weights_mod.download(url, dest, expected,
-                             hint=f"Offline: put the file in a folder and run zoo fetch {entry} "
-                                  "--upstream --from-dir FOLDER")
+                             hint=f"An interrupted download resumes when the command is run again. Offline: put the file in a "
+                                  f"folder and run zoo fetch {entry} --upstream --from-dir FOLDER")
     except errors.ChecksumError as exc:
         raise errors.UpstreamHashChangedError(
             f"{key}: the file at {url} no longer has the sha256 {expected} recorded on "
             f"first download; nothing was written ({exc})") from exc
-    return dest, _check_digest(dest, file_rec, say)
+    return dest, _check_digest(dest, file_rec, fmt, say)
 
 
 # --- fetch + convert ------------------------------------------------------------------------------
@@ -262,6 +316,8 @@ def fetch(entry: str, variant: str | None = None, source: str | os.PathLike | No
         ``(paths, sha256s)`` of the converted ``member{i}.npz`` files, in member order.
     Raises:
         WeightsNotAvailableError: no upstream preset, or a file found nowhere.
+        UpstreamExtractionRequiredError: online, for files the zoo never downloads (fastai
+            learner pickles): the message gives the extraction commands and ``--from-dir``.
         UpstreamHashChangedError: a file differs from its pinned or recorded sha256.
         DownloadError: the download failed (nothing written).
         ConversionError: the file does not fit the architecture (nothing written).
@@ -282,11 +338,14 @@ def fetch(entry: str, variant: str | None = None, source: str | os.PathLike | No
     out = converted_dir(entry, variant)
     names = [f"member{i}.npz" for i in range(len(files))]
     if src is None:  # a conversion of the recorded (or pinned) upstream files is enough
-        known = [_expected_digest(f)[0] for f in files]
+        known = [_expected_digest(f, converters.digest_kind(fmt))[0] for f in files]
         if all(known):
             reused = _reuse(out, names, known, fmt)
             if reused is not None:
                 return [out / n for n in names], reused
+        if not converters.published_files_convertible(fmt) and \
+                any(_cached_raw(entry, f, fmt) is None for f in files):
+            raise _extraction_required(card, variant, rec, files)
     raws = [_raw_file(entry, f, fmt, src, len(files), say, mirror) for f in files]
     upstream_digests = [d for _, d in raws]
     reused = _reuse(out, names, upstream_digests, fmt)
@@ -295,9 +354,10 @@ def fetch(entry: str, variant: str | None = None, source: str | os.PathLike | No
     if not weights_mod.is_writable_dir(out):
         out = Path(tempfile.mkdtemp(prefix="zoo-upstream-converted-"))
         log.warning("weights cache not writable; converting into %s", out)
-    if build_fn is None:
-        module = importlib.import_module(registry.ENTRIES[entry])
-        build_fn = lambda member: module.build_member(card, variant, member)  # noqa: E731
+    if build_fn is None:  # the network as the upstream weights' default profile builds it
+        module = importlib.import_module(registry.ENTRIES[entry])  # (spine: the MONAI graph)
+        profiled = card.with_profile(choose_profile(card, variant, "upstream", None))
+        build_fn = lambda member: module.build_member(profiled, variant, member)  # noqa: E731
     counter = iter(range(len(files)))
     records = converters.convert_files(fmt, lambda: build_fn(next(counter)), [p for p, _ in raws], out,
                                        names=names, file_prefix=f"{entry}/{variant}/{UPSTREAM}",

@@ -150,10 +150,11 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
 
         require()  # before building anything: a missing extra is a one-line error
     entry = importlib.import_module(ENTRIES[name])
+    if kind == "upstream":  # before building: a missing or refused upstream file fails fast
+        paths, checksums = presets.fetch(name, variant)
     models = entry.build_members(c, variant)
     source = None
     if kind == "upstream":
-        paths, checksums = presets.fetch(name, variant)
         if len(paths) != len(models):
             raise errors.WeightsError(
                 f"{c.id} (variant {variant}) has {len(paths)} upstream member weights but "

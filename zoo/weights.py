@@ -26,9 +26,11 @@ For each weights record of a model card (``{"file", "sha256", "urls", "size"}``)
 5. the card's URLs (mirrors, tried in order), downloaded into the cache (or into a fresh
    temporary folder when the cache is read-only).
 
-Every file found is checked against the card's sha256. Downloads stream into a temporary file in
-the destination folder and are moved into place with ``os.replace`` only once verified, so an
-interrupted or corrupt download never leaves a file behind.
+Every file found is checked against the card's sha256. Downloads stream into a hidden staging
+file in the destination folder (``.<name>.part``) and are moved into place with ``os.replace``
+only once the sha256 of the whole file is verified, so an interrupted or corrupt download never
+leaves a file at the final path. An interrupted download keeps its staging file and the next
+call resumes it with an HTTP ``Range`` request (:mod:`zoo.transfer`).
 
 Upstream weights in other formats (the authors' Keras 2 ``.h5``, MONAI state_dicts) are converted
 into this format by :mod:`zoo.converters`; :mod:`zoo.presets` fetches the authors' published
@@ -47,7 +49,6 @@ import sys
 import tempfile
 import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo import transfer
 from zoo.errors import ChecksumError, DownloadError, WeightsError, WeightsNotAvailableError
 from zoo.io import publish
 
@@ -411,77 +413,38 @@ class _Destinations:
 
 
 # --- download -------------------------------------------------------------------------------
-def _progress(total: int | None, desc: str) -> Any | None:
+def _progress(total: int | None, desc: str, initial: int = 0) -> Any | None:
     if not sys.stderr.isatty():
         return None
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency, but optional here
         return None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                leave=False)
 
 
 def _fetch_one(url: str, dest: Path, sha256: str | None, timeout: float, size: int | None) -> str | None:
-    """Download ``url`` to ``dest`` via a temp file. Returns None on success, else why it failed.
+    """Download ``url`` to ``dest`` through its resumable hidden staging file
+    (:func:`zoo.transfer.fetch`). Returns None on success, else why it failed.
 
     Never raises for network or checksum problems: a wrong digest is returned as a failure
     string starting with ``"sha256 mismatch"`` so the caller can try the next mirror.
     """
     if not url.lower().startswith(_URL_SCHEMES):
         return f"unsupported URL scheme (use {', '.join(_URL_SCHEMES)})"
-    tmp: Path | None = None
-    done = False
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        tmp = Path(tmp_name)
-        request = urllib.request.Request(url, headers={"User-Agent": "zoo-weights/1"})
-        digest = hashlib.sha256()
-        received = 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
-            length_header = resp.headers.get("Content-Length")
-            expected_length = (
-                int(length_header) if length_header and length_header.isdigit() else None
-            )
-            if expected_length is not None and size is not None and expected_length != size:
-                return f"server announces {expected_length} bytes, the card says {size}"
-            bar = _progress(expected_length or size, dest.name)
-            try:
-                while True:
-                    chunk = resp.read(_CHUNK)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-            finally:
-                if bar is not None:
-                    bar.close()
-            if expected_length is not None and received != expected_length:
-                return (
-                    f"transfer interrupted: received {received} of {expected_length} bytes "
-                    "(Content-Length)"
-                )
-            if size is not None and received != size:
-                return f"received {received} bytes, the card says {size}"
-            out.flush()
-            os.fsync(out.fileno())
-        actual = digest.hexdigest()
-        if sha256 is not None and actual != sha256:
-            return f"sha256 mismatch: got {actual}, expected {sha256} ({received} bytes received)"
-        publish(tmp, dest)
-        done = True
+        transfer.fetch(url, dest, sha256, timeout=timeout, size=size,
+                       progress=lambda total, initial, name: _progress(total, name, initial))
         return None
+    except transfer.Failed as exc:
+        return str(exc)
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code} {exc.reason}"
     except urllib.error.URLError as exc:
         return f"cannot connect: {exc.reason}"
     except (http.client.HTTPException, OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
-    finally:
-        if not done and tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 def download(
@@ -505,11 +468,14 @@ def download(
         size: optional expected size in bytes (checked against Content-Length and the bytes read).
         hint: the last sentence of the DownloadError message (what the user can do instead).
 
-    Each attempt streams into a temporary file in ``dest``'s folder (with a tqdm progress bar
-    when stderr is a terminal), checks the Content-Length when the server sends one and the
-    sha256, and only then moves the file to ``dest`` with ``os.replace``. A failed attempt (HTTP
-    error, connection reset, truncated transfer, wrong sha256) removes its temporary file and
-    the next mirror is tried; a failed download never creates ``dest``.
+    Each attempt streams into the hidden staging file ``.<name>.part`` in ``dest``'s folder
+    (with a tqdm progress bar when stderr is a terminal), checks the Content-Length when the
+    server sends one and the sha256 of the whole file, and only then moves the file to ``dest``
+    with ``os.replace``; a failed download never creates ``dest``. A transfer cut off (connection
+    reset, fewer bytes than announced, Ctrl-C) keeps its staged bytes: the next call for the same
+    ``dest`` and URL sends ``Range: bytes=N-`` and appends on ``206``, or restarts from zero on
+    ``200`` (:mod:`zoo.transfer` says when staged bytes are trusted). A wrong sha256 deletes the
+    staged bytes. After a failed attempt the next mirror is tried.
 
     Returns:
         ``dest`` as a ``Path``.

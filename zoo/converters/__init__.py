@@ -6,13 +6,20 @@ format          module                                       source
 =============== ============================================ ===================================
 ``keras2_h5``   :mod:`zoo.converters.keras2_h5`              Keras 2 ``.h5`` (``save_weights`` or
                                                              a full-model file), by layer order
-``monai_unet``  :mod:`zoo.converters.monai_unet`             MONAI ``UNet`` state_dict (``.pt``
-                                                             with ``weights_only=True``, or
-                                                             safetensors); torch is optional
+``monai_unet``  :mod:`zoo.converters.monai_unet`             MONAI ``UNet`` state_dict (``.npz``
+                                                             of its arrays, safetensors, or
+                                                             ``.pt`` with ``weights_only=True``);
+                                                             torch is optional
 =============== ============================================ ===================================
 
 Each module exposes ``convert_files(build_fn, sources, out_dir, *, names=None, file_prefix="",
-storage="float32") -> list[dict]`` (card-ready records ``{"file", "sha256", "size"}``). A
+storage="float32") -> list[dict]`` (card-ready records ``{"file", "sha256", "size"}``) and may
+set, for :mod:`zoo.presets` (defaults in brackets): ``SOURCE_SUFFIXES`` (file endings of an
+upstream file, searched in order [``("",)``]), ``source_digest(path) -> str`` (the digest
+recorded and checked for an upstream file [the file's sha256]; a content digest where the same
+weights come in containers whose bytes differ), ``PUBLISHED_FILES_CONVERTIBLE`` (whether the
+files at the card's URLs can be downloaded and converted [True]) and, when they cannot,
+``extraction_instructions(names, *, local, repo, revision, entry) -> str``. A
 conversion either writes every output file or none: the files are converted into a temporary
 folder and published only when every member converted. A layout that does not fit raises
 :class:`zoo.errors.ConversionError` naming the upstream layer and the shapes.
@@ -36,7 +43,8 @@ FORMATS: dict[str, str] = {
     "monai_unet": "zoo.converters.monai_unet",
 }
 
-__all__ = ["FORMATS", "convert_files", "module_for", "convert_all_or_nothing"]
+__all__ = ["FORMATS", "convert_all_or_nothing", "convert_files", "digest_kind", "module_for",
+           "published_files_convertible", "source_digest", "source_suffixes"]
 
 
 def module_for(fmt: str) -> Any:
@@ -54,6 +62,36 @@ def module_for(fmt: str) -> Any:
         raise ConversionError(
             f"the converter for {fmt!r} ({FORMATS[fmt]}) cannot be imported ({exc}); install "
             "the optional dependency it names") from exc
+
+
+def source_suffixes(fmt: str) -> tuple[str, ...]:
+    """File endings an upstream file of format ``fmt`` may have, in search order."""
+    return tuple(getattr(module_for(fmt), "SOURCE_SUFFIXES", ("",)))
+
+
+def source_digest(fmt: str, path: str | os.PathLike) -> tuple[str, str]:
+    """``(digest, kind)`` of an upstream file: the converter's content digest (kind
+    ``"content"``) when it defines one, else the file's sha256 (kind ``"file"``).
+
+    Raises:
+        ConversionError: the converter cannot read the file (e.g. a refused pickle).
+    """
+    if digest_kind(fmt) == "content":
+        return str(module_for(fmt).source_digest(path)), "content"
+    from zoo.weights import sha256_file
+
+    return sha256_file(path), "file"
+
+
+def digest_kind(fmt: str) -> str:
+    """``"content"`` when the converter of ``fmt`` defines ``source_digest``, else ``"file"``."""
+    return "content" if hasattr(module_for(fmt), "source_digest") else "file"
+
+
+def published_files_convertible(fmt: str) -> bool:
+    """False when the files at the card's URLs are never downloaded (they need a one-off
+    extraction outside the zoo, which the converter's ``extraction_instructions`` gives)."""
+    return bool(getattr(module_for(fmt), "PUBLISHED_FILES_CONVERTIBLE", True))
 
 
 def convert_files(fmt: str, build_fn: Callable[[], Any], sources: Sequence[str | os.PathLike],

@@ -30,8 +30,11 @@ logger = logging.getLogger(__name__)
 #: ``[(layer_name, [(weight_name, array), ...]), ...]``: the layers that have weights, in order.
 Layout = list[tuple[str, list[tuple[str, np.ndarray]]]]
 
-__all__ = ["convert_files", "convert_keras2_h5", "convert_keras2_h5_files", "read_keras2_h5",
+__all__ = ["SOURCE_SUFFIXES", "convert_files", "convert_keras2_h5", "convert_keras2_h5_files", "read_keras2_h5",
            "write_keras2_h5"]
+
+#: File ending of the authors' files (the digest recorded for them is the file's sha256).
+SOURCE_SUFFIXES = (".h5",)
 
 
 def _h5_str_list(group: Any, name: str) -> list[str] | None:

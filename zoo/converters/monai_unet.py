@@ -4,12 +4,21 @@ Source: the three fastMONAI learners of Kaliyugarasan et al. (ISBI 2023), Huggin
 ``skaliy/spine-segmentation`` (``0_learner.pkl`` .. ``2_learner.pkl``), hold a MONAI
 ``UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256),
 strides=(2, 2, 2, 2), num_res_units=2)``. The learners are fastai pickles, which the zoo never
-unpickles: a user extracts the plain state_dict once in a fastMONAI environment
-(``learn = load_learner("0_learner.pkl", cpu=True)``;
-``torch.save(learn.model.state_dict(), "0.pt")``) and gives the zoo that ``.pt`` (read with
-``torch.load(weights_only=True)``; torch is an optional dependency used only here), a
-``.safetensors`` file (read with the ``safetensors`` package's numpy API, no torch needed) or a
-mapping of numpy arrays.
+unpickles (not even downloads: :data:`PUBLISHED_FILES_CONVERTIBLE` is False). A user extracts the
+plain state_dict once in a fastMONAI environment (:func:`extraction_instructions`: three lines
+per learner, ``load_learner(...)`` then ``np.savez(...)``) and gives the zoo one of:
+
+- ``.npz``: the state_dict's arrays keyed by MONAI names (``np.savez``; read with
+  ``allow_pickle=False``, needs neither torch nor safetensors);
+- ``.safetensors`` (the ``safetensors`` package's numpy API, no torch needed);
+- ``.pt`` / ``.pth`` (``torch.save(learn.model.state_dict(), ...)``, read with
+  ``torch.load(weights_only=True)``; torch is an optional dependency used only here);
+- or a mapping of numpy arrays.
+
+The digest recorded for such a file (:func:`source_digest`) is the sha256 of the state_dict's
+content (names, shapes, float32 values), not of the container: the same weights extracted twice,
+or saved as ``.npz`` once and ``.pt`` once, give the same digest (``np.savez`` stamps the time
+into its zip entries, so its bytes differ between runs), and other weights a different one.
 
 Naming (MONAI 1.x, checked by instantiating ``monai.networks.nets.UNet``): the network is nested
 ``SkipConnection`` blocks. With ``P(0) = "model"`` and ``P(l) = P(l-1) + ".1.submodule"``, the
@@ -46,8 +55,16 @@ import numpy as np
 
 from zoo.errors import ConversionError
 
-__all__ = ["convert_files", "convert_state_dict", "expected_layout", "keras_arrays", "read_state_dict",
-           "seeded_state_dict"]
+__all__ = ["PUBLISHED_FILES_CONVERTIBLE", "SOURCE_SUFFIXES", "convert_files", "convert_state_dict",
+           "expected_layout", "extraction_instructions", "keras_arrays", "read_state_dict",
+           "seeded_state_dict", "source_digest"]
+
+#: File endings of an extracted state_dict, in the order a folder is searched for each member.
+SOURCE_SUFFIXES = (".npz", ".safetensors", ".pt", ".pth")
+#: The published files (fastai learner pickles) are never downloaded or converted by the zoo.
+PUBLISHED_FILES_CONVERTIBLE = False
+#: Hugging Face repository of the authors' learners (issue 15; Kaliyugarasan et al., ISBI 2023).
+HF_REPO = "skaliy/spine-segmentation"
 
 #: spec ``spine_vertebrae.md`` §5 (MONAI ``UNet`` arguments of the released spine models).
 SPINE_CONFIG = dict(in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
@@ -149,15 +166,91 @@ def seeded_state_dict(seed: int, **config: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def extraction_instructions(learners: Sequence[str] = ("0_learner.pkl", "1_learner.pkl", "2_learner.pkl"), *,
+                            local: bool = False, repo: str = HF_REPO, revision: str = "main",
+                            entry: str = "spine_vertebrae") -> str:
+    """The commands a user runs once, outside the zoo, to turn the published fastai learners
+    into the ``.npz`` state_dicts this module reads (the zoo never unpickles a learner).
+
+    Args:
+        learners: the learner file names (``"0_learner.pkl"`` -> ``"0.npz"``: the part before
+            the first ``_``).
+        local: the learners are already on disk (no download line).
+        repo, revision: the Hugging Face repository and revision holding them.
+        entry: the zoo entry whose ``zoo fetch`` line ends the instructions.
+    Returns:
+        one paragraph with the commands (a download with ``huggingface-cli``, then per learner
+        three Python lines in a fastMONAI environment, then ``zoo fetch``).
+    """
+    outs = [Path(n).stem.split("_")[0] + ".npz" for n in learners]
+    steps = [] if local else [
+        f"huggingface-cli download {repo} {' '.join(learners)} --revision {revision} --local-dir ."]
+    for learner, out in zip(learners, outs):
+        steps.append(
+            "python -c \"from fastMONAI.vision_all import load_learner; import numpy as np; "
+            f"learn = load_learner('{learner}', cpu=True); "
+            f"np.savez('{out}', **{{k: v.numpy() for k, v in learn.model.state_dict().items()}})\"")
+    steps.append(f"zoo fetch {entry} --upstream --from-dir FOLDER (the folder holding {', '.join(outs)})")
+    return ("in a Python environment with fastMONAI (pip install fastMONAI huggingface_hub; a throwaway "
+            "one, not the zoo's), run: " + " ; ".join(steps))
+
+
+def _read_npz_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` state_dict (``np.savez`` of ``{key: tensor.numpy()}``), never
+    unpickled."""
+    from zoo.weights import META_KEY
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise ConversionError(f"{path}: holds a single array, not a state_dict .npz")
+            if META_KEY in npz.files:
+                raise ConversionError(
+                    f"{path}: a zoo weights file (already converted, it has {META_KEY!r}), not a MONAI "
+                    "state_dict; load it with zoo.load(..., weights=FOLDER) instead")
+            return {key: npz[key] for key in npz.files}
+    except ConversionError:
+        raise
+    except ValueError as exc:  # object arrays: refused by allow_pickle=False
+        raise ConversionError(f"{path}: holds pickled or object arrays ({exc}); the zoo reads plain numeric "
+                              "arrays only (np.savez of tensor.numpy() values)") from exc
+    except Exception as exc:  # noqa: BLE001 - zipfile/OSError/EOF of a foreign or truncated file
+        raise ConversionError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+
+
+def source_digest(source: str | os.PathLike) -> str:
+    """sha256 of a state_dict's content, independent of its container (.npz, .safetensors, .pt).
+
+    Digest: for each key in sorted order (after removing a wrapper prefix such as ``module.``),
+    the UTF-8 key, a NUL byte, the shape as text, a NUL byte, then the float32 little-endian
+    C-order values. Equal for the same weights saved twice (``np.savez`` bytes are not: its zip
+    entries carry the time); different for other weights.
+
+    Raises:
+        ConversionError: as :func:`read_state_dict`.
+    """
+    import hashlib
+
+    state = _strip_prefix(read_state_dict(source), expected_layout(**SPINE_CONFIG))
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        arr = np.ascontiguousarray(state[key], dtype="<f4")
+        digest.update(key.encode("utf-8") + b"\0" + str(arr.shape).encode("ascii") + b"\0")
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A MONAI state_dict as float32 numpy arrays.
 
     Args:
-        source: a ``.pt`` / ``.pth`` file (``torch.load(..., weights_only=True)``: no pickled
-            code is run; needs torch), a ``.safetensors`` file (needs ``safetensors``), or a
-            mapping of arrays / tensors. A ``.pkl`` (the published fastai learner) is refused
-            before it is opened, with the extraction to run instead. A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper
-            is unwrapped.
+        source: an ``.npz`` file of the arrays keyed by MONAI names (``allow_pickle=False``;
+            needs neither torch nor safetensors), a ``.pt`` / ``.pth`` file
+            (``torch.load(..., weights_only=True)``: no pickled code is run; needs torch), a
+            ``.safetensors`` file (needs ``safetensors``), or a mapping of arrays / tensors. A
+            ``.pkl`` (the published fastai learner) is refused before it is opened, with the
+            extraction to run instead (:func:`extraction_instructions`). A
+            ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped.
     Returns:
         ``{key: float32 array}`` (keys as stored; see :func:`convert_state_dict` for prefixes).
     Raises:
@@ -173,10 +266,12 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
             raise ConversionError(f"{path}: file not found")
         if path.suffix == ".pkl":
             raise ConversionError(
-                f"{path}: a pickled fastai learner; the zoo never unpickles these. Extract the state_dict "
-                f"once where fastMONAI is installed: learn = load_learner({path.name!r}, cpu=True); "
-                f"torch.save(learn.model.state_dict(), {path.stem.split('_')[0] + '.pt'!r}), then convert that file")
-        if path.suffix == ".safetensors":
+                f"{path}: a pickled fastai learner; the zoo never unpickles these. Extract its state_dict "
+                "once where fastMONAI is installed, then give the zoo the .npz: "
+                + extraction_instructions([path.name], local=True))
+        if path.suffix == ".npz":
+            raw = _read_npz_state_dict(path)
+        elif path.suffix == ".safetensors":
             try:
                 from safetensors.numpy import load_file
             except ImportError as exc:
@@ -324,7 +419,7 @@ def convert_files(build_fn: Callable[[], Any], sources: Sequence[str | os.PathLi
 
     Args:
         build_fn: returns a fresh Keras model (``build_resunet3d``), called once per source.
-        sources: ``.pt`` / ``.safetensors`` files or array mappings, in member order.
+        sources: ``.npz`` / ``.safetensors`` / ``.pt`` files or array mappings, in member order.
         out_dir: folder of the output files (created if missing).
         names: output file names; default ``member0.npz``, ``member1.npz``, ...
         file_prefix: prepended to each record's ``file``.
