@@ -12,6 +12,13 @@ out-of-fold case with its fold and ``group_by`` column, e.g. the contrast), ``su
 (mean, sd, median, min, max per metric, pooled and per ``group_by`` value) and, with
 ``--final``, ``final/member0.npz``. A fold whose ``eval/metrics.csv`` exists is skipped, an
 interrupted training resumes (BackupAndRestore), so the same command continues a campaign.
+
+``--init-from RUN`` continues an earlier cross-validation in chunks that each fit a session:
+fold ``i`` starts from ``RUN/fold{i}/member0.npz`` (and ``final`` from ``RUN/final``) with a
+new schedule of its own, after checking that ``RUN/manifest.json`` holds the same folds, so a
+fold model never starts from weights that saw its held-out subjects.
+
+    python -m zoo.training.crossval skull_stripping ... --out runs/ss-cv-b --init-from runs/ss-cv-a
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ def summarise(table, metrics: Sequence[str], by: str | None) -> dict[str, Any]:
 
 
 def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int = 0, group: str | None = None,
-        group_by: str | None = None, final: bool = False, train_kwargs: dict | None = None) -> dict[str, Any]:
+        group_by: str | None = None, final: bool = False, train_kwargs: dict | None = None,
+        init_from: str | Path | None = None) -> dict[str, Any]:
     """Run (or continue) the cross-validation of entry ``name`` on ``data`` (module docstring).
 
     Args:
@@ -67,8 +75,13 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
         final: also train the final model on every subject into ``out/final``.
         train_kwargs: passed to :func:`zoo.training.run.train_entry` (epochs, steps_per_epoch,
             batch_size, recipe_set, ...).
+        init_from: an earlier cross-validation folder of the same folds to continue from
+            (module docstring).
     Returns:
         The summary (also ``out/summary.json``).
+    Raises:
+        InputError: ``init_from``'s folds differ from this split.
+        InputNotFoundError: a fold model of ``init_from`` is missing.
     """
     import pandas as pd
 
@@ -84,6 +97,8 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
     subjects = load_subjects(Path(data), detect_layout(Path(data)), card.variant(variant)["inputs"])
     splits = folds_for(subjects, k, seed, group)
     datasets.write_manifest(out / "manifest.json", splits)
+    if init_from is not None:
+        check_same_folds(Path(init_from) / "manifest.json", out / "manifest.json")
     kwargs = dict(train_kwargs or {})
     tables = []
     for i, (train_part, val_part) in enumerate(splits):
@@ -91,7 +106,8 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
         metrics_csv = fold / "eval" / "metrics.csv"
         if not metrics_csv.is_file():
             log.info("fold %d: training on %d, holding out %d", i, len(train_part), len(val_part))
-            train_entry(name, data, out_dir=fold, val_ids=[s.id for s in val_part], **kwargs)
+            start = None if init_from is None else _start_weights(Path(init_from) / f"fold{i}")
+            train_entry(name, data, out_dir=fold, val_ids=[s.id for s in val_part], init_from=start, **kwargs)
             evaluate(name, val_part, fold / "eval", weights=str(fold / "member0.npz"))
         table = pd.read_csv(metrics_csv)
         table.insert(0, "fold", i)
@@ -106,8 +122,31 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
                **summarise(pooled, metrics, group_by)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if final and not (out / "final" / "member0.npz").is_file():
-        train_entry(name, data, out_dir=out / "final", **kwargs)
+        start = None if init_from is None else _start_weights(Path(init_from) / "final")
+        train_entry(name, data, out_dir=out / "final", init_from=start, **kwargs)
     return summary
+
+
+def check_same_folds(earlier: Path, current: Path) -> None:
+    """Raise InputError unless two crossval manifests hold the same subjects in every fold."""
+    from zoo import errors
+
+    if not earlier.is_file():
+        raise errors.InputNotFoundError(f"{earlier} not found; --init-from needs an earlier crossval folder")
+    a, b = (json.loads(p.read_text(encoding="utf-8")) for p in (earlier, current))
+    norm = lambda m: {f: {part: sorted(ids) for part, ids in parts.items()} for f, parts in m.items()}  # noqa: E731
+    if norm(a) != norm(b):
+        raise errors.InputError(f"{earlier} holds other folds than {current} (k, seed, group or data differ): "
+                                "a fold model would start from weights that saw its held-out subjects")
+
+
+def _start_weights(run: Path) -> str:
+    from zoo import errors
+
+    weights = run / "member0.npz"
+    if not weights.is_file():
+        raise errors.InputNotFoundError(f"{weights} not found: the earlier run has not finished this fold")
+    return str(weights)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mixed-precision", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--final", action="store_true")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="an earlier crossval folder with the same folds: fold i starts from its fold i model")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import yaml
@@ -139,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs = {"batch_size": args.batch_size,
               "mixed_precision": args.mixed_precision, "recipe_set": recipe_set or None, "verbose": 2}
     summary = run(args.name, args.data, args.out, k=args.k, seed=args.seed, group=args.group,
-                  group_by=args.group_by, final=args.final, train_kwargs=kwargs)
+                  group_by=args.group_by, final=args.final, train_kwargs=kwargs, init_from=args.init_from)
     print(json.dumps(summary["pooled"], indent=2))
     return 0
 
