@@ -111,6 +111,7 @@ def train_phases(card: ModelCard, recipe: Mapping[str, Any], out_dir: str | Path
         "members": [{**m, "weights": {**m["weights"], "file": Path(m["weights"]["file"]).name}}
                     for m in last["members"]],
         "data": last.get("data"), "environment": last.get("environment"),
+        "trained_options": last.get("trained_options", {}),
     }
     from zoo.training.trainer import _atomic_json
 
