@@ -117,12 +117,13 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
                 resample: bool = False, init_from: str | Path | None = None,
                 recipe_set: Mapping[str, Any] | None = None, command: str | None = None,
                 phases: bool = True, split: str | Path | None = None, split_fold: str | None = None,
-                verbose: Any = "auto") -> dict[str, Any]:
+                stop_after: str | None = None, verbose: Any = "auto") -> dict[str, Any]:
     """Train (or, with ``init_from``, fine-tune) entry ``name`` on ``data``.
 
     ``split`` (a manifest, :func:`zoo.training.datasets.read_manifest`; its fold ``split_fold``,
     default its only fold) trains on the subjects of its ``train`` partition only and validates
     on its ``val`` partition (instead of ``val_ids``); subjects in neither are not used.
+    ``stop_after`` ends a phased run after that phase (:func:`zoo.training.phases.train_phases`).
 
     ``recipe_set`` overrides recipe values by dotted key (``{"data.patch_size": 104}``).
     A recipe with ``phases`` (progressive resizing) runs them all in order
@@ -172,7 +173,7 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
     if phases and rec.get("phases"):
         from zoo.training.phases import train_phases
 
-        record = train_phases(card, rec, out, run, epochs=epochs, init_from=init)
+        record = train_phases(card, rec, out, run, epochs=epochs, init_from=init, stop_after=stop_after)
     else:
         record = run(card, {**rec, "phases": None}, out, init_from=init, epochs=epochs)
     record["out_dir"] = str(out)

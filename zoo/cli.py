@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split manifest (JSON/YAML): train on its train partition only, validate on its "
                             "val partition (e.g. python -m zoo.training.lung_holdout)")
         p.add_argument("--fold", default=None, metavar="NAME", help="the manifest's fold (default: its only one)")
+        p.add_argument("--stop-after", default=None, metavar="PHASE",
+                       help="a recipe with phases: stop after this phase (the same command without it resumes)")
         p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                        help="card option for preprocessing (e.g. mask_method=nonzero)")
         p.add_argument("--resample", action="store_true",
@@ -354,7 +356,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision, val_ids=args.val,
         options=_unique(args.option, "--option"), resample=args.resample,
         init_from=getattr(args, "init_from", None), recipe_set=_unique(args.recipe_set, "--set"),
-        command="zoo " + " ".join(args.argv), phases=args.phases, split=args.split, split_fold=args.fold)
+        command="zoo " + " ".join(args.argv), phases=args.phases, split=args.split, split_fold=args.fold,
+        stop_after=args.stop_after)
     for m in record["members"]:
         print(f"member{m['member']}: {m['epochs']} epoch(s), final loss "
               f"{m['history']['loss'][-1]:.4f}, weights {record['out_dir']}/{m['weights']['file']} "
