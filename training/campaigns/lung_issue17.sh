@@ -128,8 +128,9 @@ release() {  # $1 phase, $2 folder
       $PY -m zoo.training.release "$OUT/final/run/$1" lung_nodule default --weights-dir "$2" | tee "$2.records.tmp"
       mv "$2.records.tmp" "$2/card_records.txt"
     fi
+  else
+    cat "$2/card_records.txt"
   fi
-  [ "$DRY_RUN" = 1 ] || cat "$2/card_records.txt"
 }
 
 # 3 + 4. phase 1 on the training part, evaluated on the held-out part
