@@ -150,10 +150,15 @@ def evaluate_nodules(name: str, subjects: Sequence[Any], out_dir: str | Path, *,
         InputError: no labelled nodule, or only one patient; WeightsError (OptionMismatchError...)
         from loading; ImportError: Pillow missing (the ROC PNG).
     """
+    import importlib.util
+
     import pandas as pd
 
     from zoo.roc_plot import roc_png
 
+    if importlib.util.find_spec("PIL") is None:  # before any work: no CSVs without their ROC PNG
+        raise ImportError("zoo evaluate of a classification entry writes a ROC curve PNG, which needs "
+                          "Pillow: pip install 'keras-medzoo[viz]'")
     t0 = time.perf_counter()
     model = registry.load(name, variant=variant, weights=weights, options=options)
     rows = predict_nodules(model, subjects)

@@ -29,9 +29,12 @@ RUN_RECORD = "run_record.json"
 
 def weights_options(card: ModelCard) -> dict[str, Any]:
     """``{option: current value}`` of the options listed in the entry's ``WEIGHTS_OPTIONS``
-    (empty for entries without any). Raises CardError for an option the card lacks."""
+    (empty for entries without any, and for cards of unregistered entries). Raises CardError
+    for an option the card lacks."""
     from zoo import registry
 
+    if card.id not in registry.ENTRIES:  # a card outside the registry (tests, drafts)
+        return {}
     entry = importlib.import_module(registry.ENTRIES[card.id])
     return {k: card.option_value(k) for k in getattr(entry, "WEIGHTS_OPTIONS", ())}
 
