@@ -76,29 +76,29 @@ n_all=$(epoch_nodules all)
 
 # 2. cost of each phase, printed before anything trains; the precision
 phases=phase1; [ "$PHASE2" = 1 ] && phases=phase1,phase2a,phase2b
+cost="$OUT/cost_${phases//,/_}"  # measured again when PHASE2 adds phases
 if [ "$PRECISION" = auto ]; then
   if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then candidates=(--precision float32 --precision mixed_bfloat16)
   else candidates=(--precision float32); fi
 else
   candidates=(--precision "$PRECISION")
 fi
-if [ "$COST" = 1 ] && [ ! -f "$OUT/cost.txt" ]; then
+if [ "$COST" = 1 ] && [ ! -f "$cost.txt" ]; then
   say "cost: batch $BATCH, phases $phases, $n_train nodules per epoch (training part), $n_all (all patients)"
   if [ "$DRY_RUN" = 1 ]; then
     run $PY benchmarks/lung_phase_cost.py --batch "$BATCH" --steps "$COST_STEPS" --phases "$phases" "${candidates[@]}"
   else
     (cd benchmarks && $PY lung_phase_cost.py --batch "$BATCH" --steps "$COST_STEPS" --phases "$phases" \
-        --samples "$n_all" --campaign-samples "$n_train,$n_all" "${candidates[@]}" --json "$(cd "$OUT" && pwd)/cost.json") \
-        | tee "$OUT/cost.txt.tmp"
-    mv "$OUT/cost.txt.tmp" "$OUT/cost.txt"
+        --samples "$n_all" --campaign-samples "$n_train,$n_all" "${candidates[@]}" --json "$(cd "$OUT" && pwd)/$(basename "$cost").json") | tee "$cost.txt.tmp"
+    mv "$cost.txt.tmp" "$cost.txt"
   fi
-elif [ -f "$OUT/cost.txt" ]; then
-  cat "$OUT/cost.txt"
+elif [ -f "$cost.txt" ]; then
+  cat "$cost.txt"
 fi
 if [ "$PRECISION" = auto ]; then
   PRECISION=float32
-  if [ -f "$OUT/cost.json" ]; then
-    PRECISION=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['best_precision'])" "$OUT/cost.json")
+  if [ -f "$cost.json" ]; then
+    PRECISION=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['best_precision'])" "$cost.json")
   fi
 fi
 say "precision: $PRECISION"
