@@ -72,6 +72,20 @@ def test_phases_resume_skips_finished_phases_and_epochs_override(tmp_path):
     assert calls[0]["init_parent"] == ["phase2a"]
 
 
+def test_stop_after_runs_the_first_phases_and_resumes(tmp_path):
+    """stop_after=phase1 runs phase 1 only (the top-level weights are its); the same call
+    without it resumes with phases 2a and 2b."""
+    card, rec, calls = registry.card("lung_nodule"), load_recipe("lung_nodule"), []
+    record = train_phases(card, rec, tmp_path / "run", _fake_run(calls), stop_after="phase1")
+    assert [c["out"] for c in calls] == ["phase1"] and [p["name"] for p in record["phases"]] == ["phase1"]
+    assert record["final_options"] == {"pad_shape": [88, 92, 62], "downsample": 2}
+    assert (tmp_path / "run" / "member0.npz").read_bytes() == b"phase1"
+    train_phases(card, rec, tmp_path / "run", _fake_run(calls))
+    assert [c["out"] for c in calls] == ["phase1", "phase2a", "phase2b"]
+    with pytest.raises(errors.RecipeError, match="phase3"):
+        train_phases(card, rec, tmp_path / "other", _fake_run([]), stop_after="phase3")
+
+
 def test_phase_errors():
     card, rec = registry.card("lung_nodule"), load_recipe("lung_nodule")
     with pytest.raises(errors.RecipeError, match="no phases"):
@@ -111,7 +125,10 @@ def test_two_phase_lung_training_freezes_convs_and_chains(shared_data, tmp_path)
     record = json.loads((out / "run_record.json").read_text(encoding="utf-8"))
     assert [p["name"] for p in record["phases"]] == ["a", "b"]
     assert record["final_options"] == {"pad_shape": [32, 32, 32], "downsample": 1}
+    assert record["trained_options"] == {"pad_shape": [32, 32, 32], "downsample": 1}  # the frame, for zoo.load
     b = json.loads((out / "b" / "run_record.json").read_text(encoding="utf-8"))
+    a = json.loads((out / "a" / "run_record.json").read_text(encoding="utf-8"))
+    assert a["trained_options"] == {"pad_shape": [32, 32, 32], "downsample": 2}
     assert b["init_from"] == [str(out / "a" / "member0.npz")]
     assert b["data"]["input_shape"] == [32, 32, 32, 1]
     assert any(n.startswith("cr5_c_conv") for n in b["members"][0]["frozen_layers"])

@@ -793,6 +793,36 @@ def read_manifest(path: str | Path, check: bool = True) -> Manifest:
     return manifest
 
 
+#: Partition names a manifest may use for the held-out part (``val`` is the project's own).
+VALIDATION_NAMES = ("val", "validation")
+
+
+def manifest_part(path: str | Path, part: str, fold: str | None = None) -> list[str]:
+    """The subject IDs of one partition of one fold of a manifest (:func:`read_manifest`).
+
+    Args:
+        path: the manifest file.
+        part: ``train``, ``val`` (alias ``validation``) or another partition name.
+        fold: the fold; None takes the manifest's only fold.
+    Raises:
+        RecipeError: ``fold`` is None and the manifest has several folds, or the fold/partition
+            is not in the manifest (the message lists what is).
+    """
+    manifest = read_manifest(path)
+    if fold is None:
+        if len(manifest) != 1:
+            raise errors.RecipeError(f"split manifest {path} has folds {list(manifest)}; name one")
+        fold = next(iter(manifest))
+    if fold not in manifest:
+        raise errors.RecipeError(f"split manifest {path} has no fold {fold!r}; it has {list(manifest)}")
+    parts = manifest[fold]
+    names = VALIDATION_NAMES if part in VALIDATION_NAMES else (part,)
+    for name in names:
+        if name in parts:
+            return list(parts[name])
+    raise errors.RecipeError(f"split manifest {path}, fold {fold!r}: no partition {part!r}; it has {list(parts)}")
+
+
 # --- Chu et al. 2015, the authors' mirror layout (spec spine_vertebrae.md §3) -------------------
 #: ``meta["label_rule"]`` of subjects whose label still holds Th11 (removed when it is read).
 DROP_TH11 = "drop_th11"

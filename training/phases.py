@@ -57,7 +57,7 @@ def phase_card(card: ModelCard, phase: Mapping[str, Any]) -> ModelCard:
 
 def train_phases(card: ModelCard, recipe: Mapping[str, Any], out_dir: str | Path,
                  run: Callable[..., dict[str, Any]], *, epochs: int | None = None,
-                 init_from: Sequence[str | Path] | None = None) -> dict[str, Any]:
+                 init_from: Sequence[str | Path] | None = None, stop_after: str | None = None) -> dict[str, Any]:
     """Run every phase of ``recipe["phases"]`` in order.
 
     Args:
@@ -68,11 +68,14 @@ def train_phases(card: ModelCard, recipe: Mapping[str, Any], out_dir: str | Path
             ordinary training run (the caller binds data, strategy, members...).
         epochs: overrides every phase's epochs (a CPU budget); None keeps the recipe's.
         init_from: start weights of the first phase (one file per member), or None.
+        stop_after: the name of the last phase to run now (e.g. ``phase1``, to evaluate it
+            before spending the later phases' compute); the same call without it resumes
+            with the next phase. None runs every phase.
     Returns:
         The combined record, also written to ``out_dir/run_record.json``; ``member{i}.npz``
         in ``out_dir`` are copies of the last phase's.
     Raises:
-        RecipeError: no phases, or two phases with the same name.
+        RecipeError: no phases, two phases with the same name, or ``stop_after`` names none.
     """
     phases = list(recipe.get("phases") or [])
     if not phases:
@@ -80,6 +83,10 @@ def train_phases(card: ModelCard, recipe: Mapping[str, Any], out_dir: str | Path
     names = [p["name"] for p in phases]
     if len(set(names)) != len(names):
         raise errors.RecipeError(f"recipe {recipe.get('id')!r}: phase names repeat: {names}")
+    if stop_after is not None:
+        if stop_after not in names:
+            raise errors.RecipeError(f"recipe {recipe.get('id')!r} has no phase {stop_after!r}; phases: {names}")
+        phases = phases[: names.index(stop_after) + 1]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records, start = [], list(init_from) if init_from else None
@@ -111,6 +118,7 @@ def train_phases(card: ModelCard, recipe: Mapping[str, Any], out_dir: str | Path
         "members": [{**m, "weights": {**m["weights"], "file": Path(m["weights"]["file"]).name}}
                     for m in last["members"]],
         "data": last.get("data"), "environment": last.get("environment"),
+        "trained_options": last.get("trained_options", {}),
     }
     from zoo.training.trainer import _atomic_json
 

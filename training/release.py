@@ -6,6 +6,11 @@
 
 ``--member N`` ships a one-member run as member ``N`` (ensembles assembled from separate runs,
 e.g. the cross-validation fold models of spine_vertebrae, spec section 9).
+
+The files are the trainer's own: float16 weights (``zoo.weights.save_weights``), checked against
+the run record's sha256. A run record with ``trained_options`` (the options that set the input,
+e.g. lung_nodule's frame) puts them in the printed card records: the card must carry them, so
+that ``zoo.load`` predicts at the frame the weights were trained at (``zoo.trained_options``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def ship(run_dir: str | Path, entry: str, variant: str, weights_dir: str | Path 
         name = f"member{index}.npz"
         shutil.copyfile(src, dest / name)
         out.append({"file": f"{entry}/{variant}/{name}", "sha256": m["weights"]["sha256"],
-                    "size": (dest / name).stat().st_size, "member": index})
+                    "size": (dest / name).stat().st_size, "member": index,
+                    **({"trained_options": record["trained_options"]} if record.get("trained_options") else {})})
     return out
 
 
@@ -58,7 +64,9 @@ def main() -> None:
     ap.add_argument("--member", type=int, default=None, help="ship a one-member run as this member index")
     a = ap.parse_args()
     for rec in ship(a.run_dir, a.entry, a.variant, a.weights_dir, a.member):
-        print(f"      - {{file: {rec['file']}, sha256: {rec['sha256']}, size: {rec['size']}, member: {rec['member']}}}")
+        frame = (", trained_options: " + json.dumps(rec["trained_options"]).replace('"', "")
+                 if "trained_options" in rec else "")
+        print(f"      - {{file: {rec['file']}, sha256: {rec['sha256']}, size: {rec['size']}, member: {rec['member']}{frame}}}")
 
 
 if __name__ == "__main__":

@@ -116,8 +116,14 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
                 val_ids: Sequence[str] = (), options: Mapping[str, Any] | None = None,
                 resample: bool = False, init_from: str | Path | None = None,
                 recipe_set: Mapping[str, Any] | None = None, command: str | None = None,
-                phases: bool = True, verbose: Any = "auto") -> dict[str, Any]:
+                phases: bool = True, split: str | Path | None = None, split_fold: str | None = None,
+                stop_after: str | None = None, verbose: Any = "auto") -> dict[str, Any]:
     """Train (or, with ``init_from``, fine-tune) entry ``name`` on ``data``.
+
+    ``split`` (a manifest, :func:`zoo.training.datasets.read_manifest`; its fold ``split_fold``,
+    default its only fold) trains on the subjects of its ``train`` partition only and validates
+    on its ``val`` partition (instead of ``val_ids``); subjects in neither are not used.
+    ``stop_after`` ends a phased run after that phase (:func:`zoo.training.phases.train_phases`).
 
     ``recipe_set`` overrides recipe values by dotted key (``{"data.patch_size": 104}``).
     A recipe with ``phases`` (progressive resizing) runs them all in order
@@ -139,6 +145,14 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
     if target and target not in inputs:
         inputs.append(target)
     subjects = load_subjects(data, detected, inputs)
+    if split is not None:
+        if val_ids:
+            raise errors.InputError("give either validation subjects (--val) or a split manifest (--split), not both")
+        from zoo.training import datasets
+
+        train_ids = datasets.manifest_part(split, "train", split_fold)
+        val_ids = datasets.manifest_part(split, "val", split_fold)
+        subjects = datasets.select(subjects, [*train_ids, *val_ids])
     val = [s for s in subjects if s.id in set(val_ids)]
     unknown = set(val_ids) - {s.id for s in subjects}
     if unknown:
@@ -159,7 +173,7 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
     if phases and rec.get("phases"):
         from zoo.training.phases import train_phases
 
-        record = train_phases(card, rec, out, run, epochs=epochs, init_from=init)
+        record = train_phases(card, rec, out, run, epochs=epochs, init_from=init, stop_after=stop_after)
     else:
         record = run(card, {**rec, "phases": None}, out, init_from=init, epochs=epochs)
     record["out_dir"] = str(out)

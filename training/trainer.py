@@ -36,6 +36,7 @@ import tensorflow as tf
 from zoo import errors, weights as weights_mod
 from zoo.card import ModelCard
 from zoo.io import atomic_write_text
+from zoo.trained_options import weights_options
 from zoo.training.tasks import Prepared, get_task, task_name
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ def train(card: ModelCard, recipe: Mapping[str, Any], subjects: Sequence[Any], o
         "epochs_requested": n_epochs, "steps_per_epoch": steps_per_epoch, "strategy": strategy,
         "replicas": strat.num_replicas_in_sync, "mixed_precision": policy, "init_from": [str(p) for p in init_from or []],
         "preprocess_seconds": round(prep_s, 1), "members": results, "environment": environment(),
+        "trained_options": weights_options(card),  # the input frame etc. (zoo.trained_options)
     }
     _atomic_json(out / "run_record.json", record)
     return record

@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(e.g. data.patch_size=104, optimizer.learning_rate=1e-4); repeatable")
         p.add_argument("--val", action="append", default=[], metavar="SUBJECT",
                        help="subject id held out for validation (repeatable)")
+        p.add_argument("--split", type=Path, default=None, metavar="MANIFEST",
+                       help="split manifest (JSON/YAML): train on its train partition only, validate on its "
+                            "val partition (e.g. python -m zoo.training.lung_holdout)")
+        p.add_argument("--fold", default=None, metavar="NAME", help="the manifest's fold (default: its only one)")
+        p.add_argument("--stop-after", default=None, metavar="PHASE",
+                       help="a recipe with phases: stop after this phase (the same command without it resumes)")
         p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                        help="card option for preprocessing (e.g. mask_method=nonzero)")
         p.add_argument("--resample", action="store_true",
@@ -235,19 +241,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("evaluate", parents=[common], help="score weights on labelled subjects",
-                       description="Predict labelled subjects and score them with the challenge metrics.")
+                       description="Predict labelled subjects and score them with the challenge metrics; "
+                                   "lung_nodule: nodule- and patient-level ROC AUC, accuracy, precision, recall "
+                                   "with patient-bootstrap 95%% intervals and a ROC curve PNG.")
     p.add_argument("name", metavar="NAME", help="entry name (see 'zoo list')")
     p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV")
     p.add_argument("--layout", default="auto", choices=["auto", "wmh_challenge", "open_ms", "wmh_ms_clinical", "spine_chu",
-                                                        "chu2015", "heads", "csv"])
+                                                        "chu2015", "heads", "lidc_voi", "csv"])
     p.add_argument("--subject", action="append", default=[], metavar="ID",
                    help="evaluate only these subjects (repeatable; default all)")
+    p.add_argument("--manifest", type=Path, default=None, metavar="FILE",
+                   help="split manifest: evaluate only the subjects of its --part (e.g. python -m zoo.training.lung_holdout)")
+    p.add_argument("--part", default="val", help="the manifest's partition (default val; alias validation)")
+    p.add_argument("--fold", default=None, metavar="NAME", help="the manifest's fold (default: its only one)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                   help="classification: patient-bootstrap resamples for the 95%% intervals (default 2000)")
+    p.add_argument("--seed", type=int, default=42, help="classification: bootstrap seed (default 42)")
     p.add_argument("--variant")
     p.add_argument("--weights", metavar="PATH_OR_URL", help="weights (default: the card's)")
     p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE")
     p.add_argument("--save-predictions", action="store_true")
     p.add_argument("--overlays", action="store_true", help="write PNG overlays (needs Pillow)")
-    p.add_argument("-o", "--output", dest="out_dir", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("-o", "--output", "--out", dest="out_dir", type=Path, required=True, metavar="OUT_DIR")
     p.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -341,7 +356,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision, val_ids=args.val,
         options=_unique(args.option, "--option"), resample=args.resample,
         init_from=getattr(args, "init_from", None), recipe_set=_unique(args.recipe_set, "--set"),
-        command="zoo " + " ".join(args.argv), phases=args.phases)
+        command="zoo " + " ".join(args.argv), phases=args.phases, split=args.split, split_fold=args.fold,
+        stop_after=args.stop_after)
     for m in record["members"]:
         print(f"member{m['member']}: {m['epochs']} epoch(s), final loss "
               f"{m['history']['loss'][-1]:.4f}, weights {record['out_dir']}/{m['weights']['file']} "
@@ -417,11 +433,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = {**run.LAYOUT_OPTIONS.get(layout, {}), **_unique(args.option, "--option")}
     inputs = registry.card(args.name).variant(args.variant)["inputs"]
     subjects = run.load_subjects(args.data, layout, inputs)
+    if args.manifest is not None:
+        from zoo.training import datasets
+
+        subjects = datasets.select(subjects, datasets.manifest_part(args.manifest, args.part, args.fold))
     if args.subject:
         missing = set(args.subject) - {s.id for s in subjects}
         if missing:
             raise UsageError(f"subjects not found in {args.data}: {sorted(missing)}")
         subjects = [s for s in subjects if s.id in set(args.subject)]
+    if registry.card(args.name)["task"] == "classification":
+        return _evaluate_classification(args, subjects, options)
     result = evaluate(args.name, subjects, args.out_dir, variant=args.variant,
                       weights=args.weights or "default", options=options,
                       save_predictions=args.save_predictions, overlays=args.overlays)
@@ -431,6 +453,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, stats in result.get("agreement", {}).items():
         print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
     print(f"metrics: {args.out_dir}/metrics.csv, summary: {args.out_dir}/summary.json")
+    return 0
+
+
+def _evaluate_classification(args: argparse.Namespace, subjects: list, options: dict[str, Any]) -> int:
+    """``zoo evaluate`` of a classification entry (lung_nodule): zoo.training.evaluate_nodules."""
+    from zoo.training.evaluate_nodules import evaluate_nodules, summary_lines
+
+    summary = evaluate_nodules(args.name, subjects, args.out_dir, variant=args.variant,
+                               weights=args.weights or "default", options=options or None,
+                               n_resamples=args.bootstrap, seed=args.seed, data=str(args.data),
+                               manifest=None if args.manifest is None else str(args.manifest),
+                               part=None if args.manifest is None else args.part,
+                               command="zoo " + " ".join(args.argv))
+    print(f"weights: {summary['weights']}; frame {summary['frame']}; "
+          f"{summary['bootstrap']['n_resamples']} patient-bootstrap resamples (seed {summary['bootstrap']['seed']})")
+    for line in summary_lines(summary):
+        print(line)
+    print(f"nodules: {args.out_dir}/nodules.csv, summary: {args.out_dir}/summary.json, ROC: {summary['roc_png']}")
     return 0
 
 

@@ -115,6 +115,12 @@ class ProfileMismatchError(WeightsError):
     belongs to which weights."""
 
 
+class OptionMismatchError(WeightsError):
+    """Weights were combined with card options that change the network's input (e.g. the
+    ``lung_nodule`` input frame: ``pad_shape``, ``downsample``) other than the ones they were
+    trained with (their card record's or run record's ``trained_options``)."""
+
+
 class DownloadError(WeightsError):
     """A download failed (network, HTTP status, interrupted transfer)."""
 

@@ -26,6 +26,9 @@ Public functions:
 * :func:`bland_altman`: bias and 95 % limits of agreement of paired measurements (volumes).
 * :func:`psnr_db`, :func:`ssim`, :func:`mae`, :func:`synthesis_metrics`: image-synthesis metrics
   (§5) with an explicit data range, optionally inside a brain mask (``*_brain`` names).
+* :func:`classification_metrics`, :func:`roc_auc`, :func:`roc_curve`, :func:`group_max`,
+  :func:`cluster_bootstrap`: classification metrics (§6), the patient rule and patient-resampling
+  bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ __all__ = [
     "ssim_map",
     "mae",
     "synthesis_metrics",
+    "classification_metrics",
+    "roc_auc",
+    "roc_curve",
+    "group_max",
+    "cluster_bootstrap",
 ]
 
 EMPTY_POLICIES = ("zoo", "compat")
@@ -906,3 +914,96 @@ def classification_metrics(y_true: Any, scores: Any, threshold: float = 0.5) -> 
 
     return {"accuracy": ratio(tp + tn, n), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
             "specificity": ratio(tn, tn + fp), "roc_auc": roc_auc(y_true, s), **c}
+
+
+def roc_curve(y_true: Any, scores: Any) -> dict[str, np.ndarray]:
+    """The empirical ROC curve (metrics.md §6), one point per distinct score.
+
+    Thresholds run from the highest score down; at each, every case scoring ``>=`` it is called
+    positive, so tied scores move the curve diagonally (which is what makes its trapezoidal area
+    equal :func:`roc_auc` with ties counted 1/2). The first point is (0, 0), the last (1, 1).
+
+    Returns:
+        ``{"fpr": (M,), "tpr": (M,), "threshold": (M,)}`` float64 (``threshold[0] = +inf``).
+    Raises:
+        MetricError: different lengths, labels other than 0/1, or only one class present.
+    """
+    t = np.asarray(y_true).astype(int).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if t.shape != s.shape:
+        raise errors.MetricError(f"labels and scores differ in length: {t.shape} vs {s.shape}")
+    if not np.isin(t, (0, 1)).all():
+        raise errors.MetricError("labels must be 0/1")
+    n1, n0 = int((t == 1).sum()), int((t == 0).sum())
+    if n1 == 0 or n0 == 0:
+        raise errors.MetricError(f"a ROC curve needs both classes; got {n1} positive and {n0} negative cases")
+    thresholds = np.unique(s)[::-1]
+    tp = np.array([((s >= th) & (t == 1)).sum() for th in thresholds], dtype=np.float64)
+    fp = np.array([((s >= th) & (t == 0)).sum() for th in thresholds], dtype=np.float64)
+    return {"fpr": np.concatenate([[0.0], fp / n0]), "tpr": np.concatenate([[0.0], tp / n1]),
+            "threshold": np.concatenate([[np.inf], thresholds])}
+
+
+def group_max(groups: Sequence[Any], y_true: Any, scores: Any) -> dict[str, np.ndarray]:
+    """Group-level labels and scores (metrics.md §6 patient level): a group (patient) is
+    positive if one of its cases (nodules) is, and scores the maximum of its cases' scores, so
+    it is predicted positive iff one of its cases is (for any threshold).
+
+    Returns:
+        ``{"group": (G,) object, "y_true": (G,) int, "score": (G,) float64, "n": (G,) int}``,
+        groups in order of first appearance.
+    Raises:
+        MetricError: the three inputs differ in length.
+    """
+    g = list(groups)
+    t = np.asarray(y_true).astype(int).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if not len(g) == len(t) == len(s):
+        raise errors.MetricError(f"groups, labels and scores differ in length: {len(g)}, {len(t)}, {len(s)}")
+    order = list(dict.fromkeys(g))
+    index = {k: i for i, k in enumerate(order)}
+    gi = np.array([index[k] for k in g], dtype=int)
+    y = np.zeros(len(order), int)
+    sc = np.full(len(order), -np.inf)
+    np.maximum.at(y, gi, t)
+    np.maximum.at(sc, gi, s)
+    return {"group": np.array(order, dtype=object), "y_true": y, "score": sc,
+            "n": np.bincount(gi, minlength=len(order))}
+
+
+def cluster_bootstrap(n_clusters: int, statistic: Any, n_resamples: int = 2000, seed: int = 42,
+                      level: float = 0.95) -> dict[str, Any]:
+    """Percentile bootstrap intervals that resample clusters (patients) with replacement
+    (metrics.md §6: 2,000 resamples, resampling patients, 95 %).
+
+    Args:
+        n_clusters: number of clusters (patients) ``C``.
+        statistic: ``statistic(draw) -> {name: value}`` where ``draw`` is an int array of ``C``
+            cluster indices drawn with replacement (a cluster drawn twice counts twice).
+        n_resamples: number of resamples ``B``; seed: seed of ``numpy.random.default_rng``.
+        level: the interval's coverage (0.95: the 2.5th and 97.5th percentiles, linear).
+    Returns:
+        ``{"method", "n_resamples", "seed", "level", "intervals": {name: {"low", "high",
+        "n_valid"}}}``; resamples where a value is NaN (e.g. ROC AUC of a resample holding one
+        class) are left out of that value's interval and counted by ``n_valid``.
+    Raises:
+        MetricError: ``n_clusters < 2``, ``n_resamples < 1`` or ``level`` outside (0, 1).
+    """
+    if n_clusters < 2 or n_resamples < 1 or not 0.0 < level < 1.0:
+        raise errors.MetricError(
+            f"cluster_bootstrap: needs >= 2 clusters, >= 1 resample and 0 < level < 1; got "
+            f"{n_clusters}, {n_resamples}, {level}")
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {}
+    for _ in range(int(n_resamples)):
+        for k, v in statistic(rng.integers(0, n_clusters, n_clusters)).items():
+            values.setdefault(k, []).append(float(v))
+    q = (100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0)
+    intervals = {}
+    for k, vals in values.items():
+        a = np.asarray(vals)
+        a = a[np.isfinite(a)]
+        lo, hi = (np.percentile(a, q) if len(a) else (float("nan"), float("nan")))
+        intervals[k] = {"low": float(lo), "high": float(hi), "n_valid": int(len(a))}
+    return {"method": "percentile bootstrap, clusters (patients) resampled with replacement",
+            "n_resamples": int(n_resamples), "seed": int(seed), "level": float(level), "intervals": intervals}

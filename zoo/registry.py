@@ -133,15 +133,17 @@ def load(name: str, variant: str | None = None, weights: Any = DEFAULT,
     Raises:
         UnknownEntryError, UnknownVariantError, CardError, WeightsNotAvailableError,
         ChecksumError (UpstreamHashChangedError), WeightsError (ConversionError,
-        ProfileMismatchError), BackendError (unknown backend, onnx extra missing).
+        ProfileMismatchError, OptionMismatchError), BackendError (unknown backend, onnx extra missing).
     """
-    from zoo import presets
+    from zoo import presets, trained_options
     from zoo.model import ZooModel  # imports Keras/TensorFlow: only when a model is loaded
 
     base = card(name)
     base.variant(variant)  # UnknownVariantError first
     variant = variant or base["default_variant"]
     kind = presets.weights_kind(weights, DEFAULT)
+    trained, where = trained_options.recorded(base, variant, kind, weights)  # e.g. lung_nodule's frame
+    options = trained_options.merged(base, trained, where, options) if trained else options
     c = base.with_profile(presets.choose_profile(base, variant, kind, profile)).with_options(options)
     backend = resolve_backend(c, backend, trained=weights is not None)
     rec = c.variant(variant)

@@ -33,6 +33,9 @@ NON_IMAGE_INPUTS = ("nodule_center_mm", "nodule_diameter_mm")
 #: Declared intensity units of the ``ct`` input.
 INTENSITIES = ("hu", "normalised")
 CLASSES = ("benign", "malignant")
+#: Card options that set the network's input frame: the weights are trained at one frame and
+#: must predict at it (zoo.trained_options; the network is size-agnostic, so nothing else fails).
+WEIGHTS_OPTIONS = ("pad_shape", "downsample")
 
 
 # --- card-driven pieces --------------------------------------------------------------------
