@@ -24,6 +24,7 @@ mask weights used) and ``summary.json`` (means), and prints the table.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -69,6 +70,7 @@ def evaluate(data: str | Path, variant: str = "flair", cv_run: str | Path | None
     """Per-subject rows of the comparison (module docstring); see :func:`main` for the files."""
     import zoo
     from zoo import metrics, postprocessing
+    from zoo.entries import skull_stripping
     from zoo.io import read_volume
     from zoo.training.ms_clinical import wmh_ms_clinical
 
@@ -78,20 +80,26 @@ def evaluate(data: str | Path, variant: str = "flair", cv_run: str | Path | None
     if not subjects:
         raise errors.InputError(f"{data}: no subject with a raw FLAIR and a given brain mask")
     given_model = zoo.load("wmh_ensemble", variant=variant)
-    chained_models: dict[str, object] = {}
+    weights_of = {s.id: str(fold_weights_for(cv_run, f"bashiri_{s.id}")) if cv_run else "default" for s in subjects}
+    subjects.sort(key=lambda s: (weights_of[s.id], s.id))  # one mask model in memory at a time
+    chained_model, loaded = None, None
     rows = []
     for s in subjects:
-        weights = str(fold_weights_for(cv_run, f"bashiri_{s.id}")) if cv_run else "default"
-        if weights not in chained_models:
-            chained_models[weights] = zoo.load("wmh_ensemble", variant=variant, options={
+        weights = weights_of[s.id]
+        if weights != loaded:
+            chained_model = loaded = None
+            skull_stripping._MODELS.clear()  # the previous fold's mask model
+            gc.collect()
+            chained_model = zoo.load("wmh_ensemble", variant=variant, options={
                 "mask_method": "skull_stripping", "mask_weights": weights})
+            loaded = weights
         given = given_model.predict({k: str(s.images[k]) for k in (*inputs, "brain_mask")})
-        chained = chained_models[weights].predict({k: str(s.images[k]) for k in inputs})
+        chained = chained_model.predict({k: str(s.images[k]) for k in inputs})
         m_given = metrics.wmh_challenge(str(s.label), given.images["wmh"])
         m_chained = metrics.wmh_challenge(str(s.label), chained.images["wmh"])
         mask_given = read_volume(str(s.images["brain_mask"]), "brain_mask")
         record = chained.qc["skull_stripping"]
-        ss_mask = _chained_mask(chained_models[weights], s, inputs)
+        ss_mask = _chained_mask(chained_model, s, inputs)
         g = np.asarray(mask_given.array) > 0
         rows.append({
             "subject": s.id, "variant": variant, "mask_weights": weights,
