@@ -9,6 +9,7 @@ this edge and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -16,7 +17,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import nibabel as nib
 import numpy as np
@@ -373,19 +374,31 @@ def publish(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
     os.replace(tmp, dest)
 
 
+@contextlib.contextmanager
+def staged_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Write ``path`` all or nothing: yields a hidden temporary file in the same folder (created,
+    empty) for the caller to write; on a clean exit it is published onto ``path``
+    (:func:`publish`), on an exception it is removed and ``path`` is left as it was. The folder
+    is created. ``suffix``: the temporary file's ending, for writers that choose the format by
+    it (``.png``, ``.nii.gz``)."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        publish(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, protected: Iterable[Path] = ()) -> Path:
     """Write a text file (CSV, JSON, YAML) atomically: temporary file in the same folder, then
     rename, so readers never see a half-written file. Refuses ``protected`` paths (OutputError)."""
     dest = Path(path)
     _refuse_protected(dest, protected)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            fh.write(text)
-        publish(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with staged_file(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
     return dest
 
 

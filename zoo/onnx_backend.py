@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -130,17 +129,11 @@ def _rename_output(proto):
 
 def write_model(proto, path: str | os.PathLike) -> Path:
     """Write an ``onnx.ModelProto`` atomically (temporary file in the same folder, then rename)."""
-    from zoo.io import publish
+    from zoo.io import staged_file
 
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(proto.SerializeToString())
-        publish(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with staged_file(dest) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
     return dest
 
 

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from zoo import errors
-from zoo.io import Volume, publish
+from zoo.io import Volume, staged_file
 from zoo.preprocessing.orientation import Reorientation
 
 
@@ -139,12 +138,6 @@ def overlay_png(image: Volume, mask: np.ndarray, path: str | os.PathLike, *, n_s
             draw.rectangle([x, y, x + font_px, y + font_px], fill=tuple(int(round(255 * c)) for c in COLOURS[name]))
             draw.text((x + font_px + 6, y - 2), text, fill=(255, 255, 255), font=font)
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".png", dir=dest.parent)
-    os.close(fd)
-    try:
+    with staged_file(dest, suffix=".png") as tmp:
         canvas.save(tmp, format="PNG")
-        publish(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from zoo import errors
-from zoo.io import publish
+from zoo.io import staged_file
 
 #: Curve colours (RGB 0-255), in order of the curves given.
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
@@ -68,12 +67,6 @@ def roc_png(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path:
         draw.line([(margin, ly + 8), (margin + 30, ly + 8)], fill=colour, width=3)
         draw.text((margin + 38, ly), name, fill="black", font=font)
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with staged_file(dest) as tmp:
         img.save(tmp, format="PNG")
-        publish(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest
