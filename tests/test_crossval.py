@@ -80,3 +80,26 @@ def test_init_from_other_folds_is_refused(tmp_path, fake_campaign):
     with pytest.raises(errors.InputNotFoundError):
         crossval.run("skull_stripping", tmp_path / "data", tmp_path / "c", k=5, seed=0, group="subject",
                      init_from=tmp_path / "missing")
+
+
+def test_chained_mask_eval_picks_the_fold_that_held_the_person_out(tmp_path):
+    from zoo.training.chained_mask_eval import fold_weights_for
+
+    run = tmp_path / "cv"
+    folds = {"fold0": {"train": ["bashiri_2_t1w", "bashiri_2_flair"], "val": ["bashiri_1_t1w", "bashiri_1_flair"]},
+             "fold1": {"train": ["bashiri_1_t1w", "bashiri_1_flair"], "val": ["bashiri_2_t1w", "bashiri_2_flair"]}}
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps(folds))
+    with pytest.raises(errors.InputNotFoundError, match="not finished"):
+        fold_weights_for(run, "bashiri_2")
+    for f in folds:
+        (run / f).mkdir()
+        (run / f / "member0.npz").write_bytes(b"w")
+    assert fold_weights_for(run, "bashiri_1") == run / "fold0" / "member0.npz"
+    assert fold_weights_for(run, "bashiri_2") == run / "fold1" / "member0.npz"
+    with pytest.raises(errors.InputNotFoundError, match="no fold"):
+        fold_weights_for(run, "bashiri_3")
+    folds["fold1"]["train"].append("bashiri_2_t2w")  # a person on both sides: not grouped
+    (run / "manifest.json").write_text(json.dumps(folds))
+    with pytest.raises(errors.InputError, match="not grouped"):
+        fold_weights_for(run, "bashiri_2")
