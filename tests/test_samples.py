@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -110,13 +111,23 @@ def test_corrupted_download_leaves_nothing(shared_data, server, monkeypatch):
     assert _leftovers(weights.zoo_home() / "samples") == []
 
 
-def test_interrupted_download_leaves_nothing(shared_data, server, monkeypatch):
+def test_interrupted_download_leaves_no_file_and_resumes(shared_data, server, monkeypatch):
+    """A cut-off download leaves no sample file, only the hidden resumable staging pair
+    (zoo.transfer); the next fetch resumes it with a Range request and verifies the whole file."""
     _no_internet(monkeypatch, server.url)
     f = samples.sample_files(NODULE)["image"]
-    server.routes["/" + f.file] = ("truncated", (shared_data / f.file).read_bytes())
+    body = (shared_data / f.file).read_bytes()
+    server.routes["/" + f.file] = ("truncated", body)
     with pytest.raises(errors.SampleNotAvailableError, match="ZOO_SAMPLES_DIR"):
         samples.fetch(NODULE, ["image"])
-    assert _leftovers(weights.zoo_home() / "samples") == []
+    folder = weights.zoo_home() / "samples"
+    assert all(Path(name).name.startswith(".") for name in _leftovers(folder))  # nothing visible
+    assert not (folder / f.file).exists()
+    server.routes["/" + f.file] = ("ok", body)
+    path = samples.fetch(NODULE, ["image"])["image"]
+    assert path.read_bytes() == body
+    assert server.headers[-1].get("Range", "").startswith("bytes=") and server.headers[-1]["Range"] != "bytes=0-"
+    assert _leftovers(folder) == [Path(f.file).name]
 
 
 def test_demo_offline_without_mirror_fails_with_one_line(monkeypatch, capsys, tmp_path):

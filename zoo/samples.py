@@ -12,7 +12,9 @@ generated from ``shared/data/manifest.csv``). :func:`fetch` finds each file, in 
    (:func:`zoo.weights.download`): ``$ZOO_SAMPLES_URL/<file>`` when that variable is set, then
    GitHub's raw and LFS media URLs at the pinned commit.
 
-Every file is sha256-checked wherever it comes from; a failed download leaves no file behind.
+Every file is sha256-checked wherever it comes from; a failed download leaves no file at its path
+(a cut-off transfer keeps only the hidden staging file of :mod:`zoo.transfer`, and the next
+fetch resumes it).
 """
 
 from __future__ import annotations
