@@ -5,7 +5,6 @@ input frame carried by the weights (trained_options) and the campaign script's p
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess

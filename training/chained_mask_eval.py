@@ -99,7 +99,7 @@ def evaluate(data: str | Path, variant: str = "flair", cv_run: str | Path | None
         m_chained = metrics.wmh_challenge(str(s.label), chained.images["wmh"])
         mask_given = read_volume(str(s.images["brain_mask"]), "brain_mask")
         record = chained.qc["skull_stripping"]
-        ss_mask = _chained_mask(chained_model, s, inputs)
+        ss_mask = _chained_mask(chained_model, s)
         g = np.asarray(mask_given.array) > 0
         rows.append({
             "subject": s.id, "variant": variant, "mask_weights": weights,
@@ -118,7 +118,7 @@ def evaluate(data: str | Path, variant: str = "flair", cv_run: str | Path | None
     return rows
 
 
-def _chained_mask(model, subject, inputs) -> np.ndarray:
+def _chained_mask(model, subject) -> np.ndarray:
     """The skull_stripping mask the chained prediction used, on the FLAIR grid (bool)."""
     from zoo.entries.skull_stripping import brain_mask_for
     from zoo.io import read_volume

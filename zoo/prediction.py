@@ -14,7 +14,7 @@ import nibabel as nib
 
 from zoo import errors
 from zoo.io import _refuse_protected, publish
-from zoo.preprocessing.threaded import cpu_threads
+from zoo.terminal import cpu_threads
 
 if TYPE_CHECKING:  # pandas is imported only by entries that return a table
     import pandas

@@ -13,26 +13,16 @@ continuous mode is therefore split; every other call is the single SciPy call, u
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from zoo.terminal import cpu_threads
+
 #: Below this many output voxels one call is faster than starting threads.
 MIN_VOXELS_PER_THREAD = 1 << 18
-
-
-def cpu_threads() -> int:
-    """Cores this process may use (``ZOO_NUM_THREADS`` overrides; the CPU affinity otherwise)."""
-    env = os.environ.get("ZOO_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def affine_transform(array: np.ndarray, matrix, offset=0.0, output_shape: Sequence[int] | None = None,
@@ -46,7 +36,8 @@ def affine_transform(array: np.ndarray, matrix, offset=0.0, output_shape: Sequen
         offset: ``(N,)`` or scalar, input index of output index 0.
         output_shape: shape of the result (default: ``array.shape``).
         order, mode, cval, prefilter, output: as SciPy (``output`` as a dtype).
-        threads: worker threads (default :func:`cpu_threads`).
+        threads: worker threads (default: the cores this process may use,
+            :func:`zoo.terminal.cpu_threads`).
     Returns:
         The transformed array of ``output_shape``.
     """
@@ -62,11 +53,10 @@ def affine_transform(array: np.ndarray, matrix, offset=0.0, output_shape: Sequen
     if n <= 1 or order != 1 or mode in ("constant", "grid-constant"):
         return ndimage.affine_transform(array, matrix, offset, output_shape=shape, **kwargs)
     bounds = np.linspace(0, shape[0], n + 1).astype(int)
-    full = np.diag(matrix) if matrix.ndim == 1 else matrix
-    first_axis = np.eye(array.ndim)[0]
+    step = matrix * np.eye(array.ndim)[0] if matrix.ndim == 1 else matrix[:, 0]  # input move per output row
 
     def slab(start: int, stop: int) -> np.ndarray:
-        return ndimage.affine_transform(array, matrix, offset + full @ (first_axis * start),
+        return ndimage.affine_transform(array, matrix, offset + step * start,
                                         output_shape=(stop - start, *shape[1:]), **kwargs)
 
     with ThreadPoolExecutor(n) as pool:
