@@ -191,6 +191,44 @@ def test_soft_jaccard_loss():
     assert float(SoftJaccardLoss()(g, half)) == pytest.approx(0.5, abs=1e-4)
 
 
+def test_stripped_twins_are_the_head_stripped_by_its_label_and_drawn_at_their_rate(tmp_path):
+    """Recipe data.stripped_input_probability: build_volumes adds each head's stripped twin
+    (input zeroed outside the label, then the card's own z-score and window), and the sampler
+    draws twins at about the asked rate (never at 0, always at 1)."""
+    from training.tasks import segmentation3d as task
+    from zoo.training.datasets import Subject
+
+    arr, inner = _head(shape=(60, 70, 50), centre=(30, 33, 20), radius=(20, 24, 18))
+    aff = np.diag([1.5, 1.5, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(arr, aff), tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(inner.astype(np.uint8), aff), tmp_path / "brain_mask.nii.gz")
+    subject = Subject("h", {"image": tmp_path / "image.nii.gz"}, tmp_path / "brain_mask.nii.gz")
+    card = registry.card("skull_stripping")
+    vols = task.build_volumes([subject], card, "head", stripped_twins=True)
+    (timg,), (tlab,) = vols.twins
+    assert timg.shape == vols.images[0].shape == (160, 160, 92)
+    assert tlab.sum() == vols.labels[0].sum() == inner.sum()  # 1.5 x 1.5 x 2 mm: the grid is kept
+    def stripped(x, y):  # outside the brain only the z-scored 0 and the window's pad value 0
+        return np.unique(np.round(x[y == 0], 5)).size <= 2
+
+    assert stripped(timg, tlab) and not stripped(vols.images[0], vols.labels[0])
+    inside = timg[tlab == 1]
+    assert abs(float(inside.mean())) < 0.2  # z-scored over the stripped head, i.e. the brain
+    assert not np.allclose(timg, vols.images[0])
+    assert task.build_volumes([subject], card, "head").twins is None
+
+    def twin_share(p, n=40):
+        ds = task.make_dataset(vols, (160, 160, 92), 1, 0, foreground_fraction=1.0, augmentation=None,
+                               stripped_probability=p)
+        return np.mean([float(stripped(x.numpy()[0], y.numpy()[0])) for x, y in ds.take(n)])
+
+    assert twin_share(0.0) == 0.0 and twin_share(1.0) == 1.0
+    assert 0.1 < twin_share(0.5) < 0.9
+    with pytest.raises(ValueError):
+        task.make_dataset(task.build_volumes([subject], card, "head"), (160, 160, 92), 1, 0,
+                          foreground_fraction=1.0, augmentation=None, stripped_probability=0.5)
+
+
 def test_kfold_grouped_keeps_a_person_in_one_fold():
     from zoo.training.datasets import Subject, kfold_grouped
 

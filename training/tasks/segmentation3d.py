@@ -12,7 +12,8 @@
 
 Recipe ``data`` keys: ``patch_size`` [D, H, W] (null: the card's window),
 ``patch_foreground_fraction``, ``steps_per_epoch`` (also sets the flat-cos length with
-``epochs``).
+``epochs``), ``stripped_input_probability`` (skull_stripping: how often a sample is the
+already-stripped twin of its head, :func:`build_volumes`).
 """
 
 from __future__ import annotations
@@ -44,12 +45,16 @@ class VolumeSet:
         labels: list of uint8 ``(D, H, W)`` class maps (0 background, 1 foreground).
         spacing: network-grid spacing in mm ``(D, H, W)`` axes.
         ids: subject ids.
+        twins: optional ``(images, labels)`` lists of the same length: each volume's
+            already-stripped twin (the input with every voxel outside its label set to 0, then
+            preprocessed like any input, so its own z-score region and window), or None.
     """
 
     images: list
     labels: list
     spacing: tuple
     ids: list
+    twins: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -61,17 +66,23 @@ def _entry(card: ModelCard):
     return importlib.import_module(registry.ENTRIES[card.id])
 
 
-def build_volumes(subjects: Sequence[Any], card: ModelCard, variant: str) -> VolumeSet:
+def build_volumes(subjects: Sequence[Any], card: ModelCard, variant: str, *, stripped_twins: bool = False) -> VolumeSet:
     """Read and preprocess ``subjects`` with the entry's own pipeline (``entry.pipeline``),
     padded but never cropped (``large_inputs="sliding_window"``) unless the entry's
     ``TRAIN_LARGE_INPUTS`` says otherwise, so random patches can come from the whole resampled
     volume; labels through the entry's ``training_label(label, affine, subject)`` when it has
     one, else :func:`th12_l5_mask` (the subject's ``meta["label_rule"]``), nearest. The input is
-    the variant's first input, or the subject's only image when the names differ."""
+    the variant's first input, or the subject's only image when the names differ.
+
+    ``stripped_twins``: also build each volume's already-stripped twin (:class:`VolumeSet`
+    ``twins``), so a brain-extraction network learns that a scan stripped by another tool gives
+    back its non-zero region (issue 16). The label must be on the image's voxel grid; raises
+    ValueError when it is not."""
     entry = _entry(card)
     pipe = entry.pipeline(card, variant, large_inputs=getattr(entry, "TRAIN_LARGE_INPUTS", "sliding_window"))
     name = card.variant(variant)["inputs"][0]
     images, labels, spacing = [], [], None
+    twin_images, twin_labels = [], []
     for s in subjects:
         path = s.images[name] if name in s.images or len(s.images) != 1 else next(iter(s.images.values()))
         vol = read_volume(str(path), name)
@@ -84,13 +95,23 @@ def build_volumes(subjects: Sequence[Any], card: ModelCard, variant: str) -> Vol
         images.append(x)
         labels.append(pipe.apply_label(mask, state))
         spacing = state.spacing
-    return VolumeSet(images, labels, tuple(spacing or (1.0, 1.0, 1.0)), [s.id for s in subjects])
+        if stripped_twins:
+            if mask.shape != vol.array.shape or not np.allclose(lab.affine, vol.affine, atol=1e-3):
+                raise ValueError(f"{s.id}: the label is not on the image's voxel grid; cannot strip the image with it")
+            stripped = vol.with_array(np.where(mask > 0, vol.array, 0).astype(vol.array.dtype))
+            tx, tstate = pipe.apply(stripped)
+            twin_images.append(tx)
+            twin_labels.append(pipe.apply_label(mask, tstate))
+    twins = (twin_images, twin_labels) if stripped_twins else None
+    return VolumeSet(images, labels, tuple(spacing or (1.0, 1.0, 1.0)), [s.id for s in subjects], twins)
 
 
 def prepare(card: ModelCard, variant: str, recipe: Mapping[str, Any], subjects: Sequence[Any],
             val_subjects: Sequence[Any] = (), *, resample: bool = False) -> Prepared:
-    """Training (and validation) volumes through the entry's pipeline (:func:`build_volumes`)."""
-    train = build_volumes(subjects, card, variant)
+    """Training (and validation) volumes through the entry's pipeline (:func:`build_volumes`);
+    the training volumes get stripped twins when ``data.stripped_input_probability`` > 0."""
+    twins = float(recipe["data"].get("stripped_input_probability", 0.0)) > 0
+    train = build_volumes(subjects, card, variant, stripped_twins=twins)
     val = build_volumes(val_subjects, card, variant) if val_subjects else None
     return Prepared(train, val, {"n_train_volumes": len(train), "n_val_volumes": 0 if val is None else len(val),
                                  "network_spacing_mm": list(train.spacing),
@@ -147,7 +168,8 @@ def datasets(prepared: Prepared, recipe: Mapping[str, Any], seed: int):
     batch = int(recipe["batch_size"])
     frac = float(recipe["data"].get("patch_foreground_fraction", 0.67))
     train = make_dataset(prepared.train, patch, batch, seed, foreground_fraction=frac,
-                         augmentation=recipe["augmentation"])
+                         augmentation=recipe["augmentation"],
+                         stripped_probability=float(recipe["data"].get("stripped_input_probability", 0.0)))
     steps = int(recipe["data"]["steps_per_epoch"])
     if prepared.val is None or not len(prepared.val):
         return train, steps, None, None
@@ -166,24 +188,32 @@ def cut_patch(image: np.ndarray, label: np.ndarray, patch: Sequence[int], centre
 
 def make_dataset(vols: VolumeSet, patch: Sequence[int], batch_size: int, seed: int, *,
                  foreground_fraction: float, augmentation: Mapping[str, Any] | None,
-                 shuffle: bool = True, centred: bool = False) -> tf.data.Dataset:
+                 shuffle: bool = True, centred: bool = False,
+                 stripped_probability: float = 0.0) -> tf.data.Dataset:
     """An endless ``tf.data`` stream of ``(image (D, H, W, 1), label (D, H, W, 1))`` batches
-    of random patches (seeded); ``centred`` cuts each volume's patch at its foreground centroid."""
-    for img in vols.images:
+    of random patches (seeded); ``centred`` cuts each volume's patch at its foreground centroid.
+    ``stripped_probability``: each draw takes the volume's stripped twin (``vols.twins``) with
+    this probability. Raises ValueError when a volume is smaller than the patch, or twins are
+    asked for and ``vols`` has none."""
+    if stripped_probability > 0 and vols.twins is None:
+        raise ValueError("stripped_probability > 0 needs a VolumeSet built with stripped_twins=True")
+    pools = [(vols.images, vols.labels)] + ([vols.twins] if stripped_probability > 0 else [])
+    for img in [im for images, _ in pools for im in images]:
         if any(n < p for n, p in zip(img.shape, patch)):
             raise ValueError(f"volume {img.shape} is smaller than the patch {tuple(patch)}")
-    fg = [np.argwhere(lab > 0) for lab in vols.labels]
+    fg = [[np.argwhere(lab > 0) for lab in labels] for _, labels in pools]
 
     def gen():
         rng = np.random.default_rng(seed)
         while True:
             order = rng.permutation(len(vols)) if shuffle else np.arange(len(vols))
             for i in order:
-                img, lab = vols.images[i], vols.labels[i]
+                k = int(stripped_probability > 0 and rng.random() < stripped_probability)
+                img, lab, fgi = pools[k][0][i], pools[k][1][i], fg[k][i]
                 if centred:
-                    centre = fg[i].mean(axis=0).round().astype(int) if len(fg[i]) else np.array(img.shape) // 2
-                elif len(fg[i]) and rng.random() < foreground_fraction:
-                    centre = fg[i][rng.integers(len(fg[i]))]
+                    centre = fgi.mean(axis=0).round().astype(int) if len(fgi) else np.array(img.shape) // 2
+                elif len(fgi) and rng.random() < foreground_fraction:
+                    centre = fgi[rng.integers(len(fgi))]
                 else:
                     centre = [rng.integers(n) for n in img.shape]
                 x, y = cut_patch(img, lab, patch, centre)
