@@ -195,7 +195,7 @@ def test_stripped_twins_are_the_head_stripped_by_its_label_and_drawn_at_their_ra
     """Recipe data.stripped_input_probability: build_volumes adds each head's stripped twin
     (input zeroed outside the label, then the card's own z-score and window), and the sampler
     draws twins at about the asked rate (never at 0, always at 1)."""
-    from training.tasks import segmentation3d as task
+    from zoo.training.tasks import segmentation3d as task
     from zoo.training.datasets import Subject
 
     arr, inner = _head(shape=(60, 70, 50), centre=(30, 33, 20), radius=(20, 24, 18))

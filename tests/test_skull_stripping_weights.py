@@ -50,7 +50,7 @@ def test_unseen_raw_clinical_flair_gives_a_brain(model, shared_data, subject):
 
 
 def test_already_stripped_scan_gives_about_its_nonzero_region(model, shared_data):
-    from training.stripped_input_check import nonzero_agreement
+    from zoo.training.stripped_input_check import nonzero_agreement
 
     row = nonzero_agreement(model, shared_data / "open_ms" / "mni" / "patient07" / "flair.nii.gz")
     assert row["dice_vs_nonzero"] >= STRIPPED_DICE_MIN
