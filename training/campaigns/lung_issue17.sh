@@ -88,8 +88,9 @@ if [ "$COST" = 1 ] && [ ! -f "$cost.txt" ]; then
   if [ "$DRY_RUN" = 1 ]; then
     run $PY benchmarks/lung_phase_cost.py --batch "$BATCH" --steps "$COST_STEPS" --phases "$phases" "${candidates[@]}"
   else
+    cost_json="$(cd "$OUT" && pwd)/$(basename "$cost").json"  # absolute: the benchmark runs in benchmarks/
     (cd benchmarks && $PY lung_phase_cost.py --batch "$BATCH" --steps "$COST_STEPS" --phases "$phases" \
-        --samples "$n_all" --campaign-samples "$n_train,$n_all" "${candidates[@]}" --json "$(cd "$OUT" && pwd)/$(basename "$cost").json") | tee "$cost.txt.tmp"
+        --samples "$n_all" --campaign-samples "$n_train,$n_all" "${candidates[@]}" --json "$cost_json") | tee "$cost.txt.tmp"
     mv "$cost.txt.tmp" "$cost.txt"
   fi
 elif [ -f "$cost.txt" ]; then
