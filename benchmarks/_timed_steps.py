@@ -9,6 +9,7 @@ import sys
 
 _HEAD = """
 import json, resource, statistics, sys, time
+import zoo  # first: it turns TensorFlow's oneDNN kernels on (zoo/__init__.py), as in every zoo run
 import numpy as np, keras, tensorflow as tf
 cfg = json.loads(sys.argv[1])
 """
