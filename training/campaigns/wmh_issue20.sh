@@ -19,7 +19,8 @@
 # Settings (environment): PATCH (square patch side, px; the U-Net is fully convolutional, the
 # weights load into the 200x200 model), BATCH (>= 24), EPOCHS x STEPS_PER_EPOCH (>= 1,000 steps),
 # PRECISION (empty = float32; mixed_bfloat16 only on a CPU with AVX512-BF16/AMX, mixed_float16 on a GPU),
-# MASK_DIR (brain masks for the clinical subjects that have none, <dir>/<id>/brain_mask.nii.gz).
+# MASK_DIR (brain masks for the clinical subjects that have none, <dir>/<id>/brain_mask.nii.gz; default:
+# $OUT/masks, written by the shipped skull_stripping weights, stage 0b).
 set -euo pipefail
 OUT=${OUT:-runs/issue20}
 DATA=${DATA:-../shared/data}
@@ -47,6 +48,20 @@ if [ ! -f "$OUT/cost.txt" ]; then
   mv "$OUT/cost.txt.tmp" "$OUT/cost.txt"
 else
   cat "$OUT/cost.txt"
+fi
+
+# 0b. brain masks for the clinical subjects that have none (neither the source's nor a silver mask
+# in heads/: 104252 and 105074), made by the shipped skull_stripping weights, unless MASK_DIR is set
+if [ -z "${MASK_DIR:-}" ]; then
+  MASK_DIR="$OUT/masks"
+  for d in "$DATA"/wmh_ms_clinical/*/; do
+    id=$(basename "$d")
+    [ -f "$d/brain_mask.nii.gz" ] || [ -f "$DATA/heads/bashiri_${id}_flair/brain_mask.nii.gz" ] && continue
+    [ -f "$MASK_DIR/$id/brain_mask.nii.gz" ] && continue
+    flair="$d/flair_raw.nii.gz"; [ -f "$flair" ] || flair="$d/flair.nii.gz"
+    echo "== $(date -u +%FT%TZ) brain mask of $id (skull_stripping, shipped weights)"
+    $ZOO predict skull_stripping --input "image=$flair" -o "$MASK_DIR/$id"
+  done
 fi
 
 # 1. subjects and folds
