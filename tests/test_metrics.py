@@ -569,3 +569,13 @@ def test_bland_altman_hand_computed():
     assert math.isnan(m.bland_altman([], [])["bias"])
     with pytest.raises(errors.MetricError):
         m.bland_altman([1.0, 2.0], [1.0])
+
+
+def test_malignant_decision_is_argmax_and_a_tie_is_benign():
+    """metrics.md §6: malignant iff s > 0.5 (argmax of the two softmax outputs, first index on
+    a tie), so a score of exactly 0.5 is benign and counts as a negative prediction."""
+    s = np.array([0.2, 0.5, 0.5000001, 0.9])
+    np.testing.assert_array_equal(m.malignant(s), [0, 0, 1, 1])
+    np.testing.assert_array_equal(m.malignant(s), np.argmax(np.stack([1 - s, s], axis=1), axis=1))
+    c = m.classification_metrics([0, 0, 1, 1], s)  # the tie (a benign nodule) is a true negative
+    assert (c["tp"], c["fn"], c["tn"], c["fp"]) == (2, 0, 2, 0)

@@ -74,7 +74,7 @@ def score(rows: Sequence[Mapping[str, Any]], threshold: float = 0.5, n_resamples
 
     Args:
         rows: one mapping per nodule with ``patient``, ``label`` (0/1) and ``p_malignant``.
-        threshold: malignant iff ``p_malignant >= threshold`` (the card's ``inference.threshold``).
+        threshold: malignant iff ``p_malignant > threshold`` (the card's ``inference.threshold``; metrics.md §6).
     Returns:
         ``{"nodule": {figure: value, ..., counts, "n"}, "patient": {...},
         "intervals": {"nodule": {figure: {low, high, n_valid}}, "patient": {...}}, "bootstrap": {...},
@@ -109,7 +109,7 @@ def score(rows: Sequence[Mapping[str, Any]], threshold: float = 0.5, n_resamples
     for level, (yy, ss) in (("nodule", (y, p)), ("patient", (pat["y_true"], pat["score"]))):
         roc[level] = metrics.roc_curve(yy, ss) if 0 < yy.sum() < len(yy) else None
     table = {"patient": [str(g) for g in pat["group"]], "label": pat["y_true"].tolist(),
-             "score": pat["score"].tolist(), "predicted_class": (pat["score"] >= threshold).astype(int).tolist(),
+             "score": pat["score"].tolist(), "predicted_class": metrics.malignant(pat["score"], threshold).tolist(),
              "n_nodules": pat["n"].tolist()}
     return {"nodule": nodule, "patient": patient, "intervals": intervals, "bootstrap": boot,
             "patients": table, "roc": roc, "threshold": float(threshold)}
@@ -168,7 +168,7 @@ def evaluate_nodules(name: str, subjects: Sequence[Any], out_dir: str | Path, *,
     threshold = float(model.card["inference"].get("threshold", 0.5))
     result = score(rows, threshold, n_resamples, seed)
     for r in rows:
-        r["predicted_class"] = int(r["p_malignant"] >= threshold)
+        r["predicted_class"] = int(metrics.malignant(r["p_malignant"], threshold)[0])
     frame = weights_options(model.card)  # the input frame the weights saw (zoo.trained_options)
     n_excluded = sum(n["label"] is None for s in subjects for n in s.meta.get("nodules", ()))
     summary = {

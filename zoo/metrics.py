@@ -899,13 +899,22 @@ def roc_auc(y_true: Any, scores: Any) -> float:
     return float((ranks[t == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
+def malignant(scores: Any, threshold: float = 0.5) -> np.ndarray:
+    """The decision of metrics.md §6: 1 (malignant) where ``score > threshold``, else 0.
+
+    At 0.5 this is the argmax of the two softmax outputs, and an exact tie goes to benign, as
+    argmax returns the first index. ``scores``: p_malignant, any shape; returns int ``(N,)``.
+    """
+    return (np.asarray(scores, dtype=np.float64).ravel() > threshold).astype(int)
+
+
 def classification_metrics(y_true: Any, scores: Any, threshold: float = 0.5) -> dict[str, float]:
     """Nodule-level metrics of metrics.md §6 with malignant = 1 positive: ``accuracy``,
     ``precision`` (NaN without positive predictions), ``recall`` (NaN without positives),
     ``specificity`` (NaN without negatives), ``roc_auc`` (:func:`roc_auc`), and the counts.
-    Predictions are ``scores >= threshold`` (argmax of two softmax outputs = 0.5)."""
+    Predictions are :func:`malignant` (``scores > threshold``; a tie at 0.5 is benign)."""
     s = np.asarray(scores, dtype=np.float64).ravel()
-    c = confusion_counts(y_true, (s >= threshold).astype(int))
+    c = confusion_counts(y_true, malignant(s, threshold))
     tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
     n = tp + fp + tn + fn
 

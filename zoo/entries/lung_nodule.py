@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from zoo import errors
+from zoo import errors, metrics
 from zoo.architectures.nodule_cnn3d import build_nodule_cnn3d
 from zoo.card import ModelCard
 from zoo.io import Volume
@@ -178,7 +178,7 @@ def predict(model, volumes: dict[str, Volume], *, nodule_center_mm: Any = None,
     p = predict_probabilities(model.models, x, int(card["inference"].get("batch_size", 8)))
     timing["network"] = time.perf_counter() - t0
     vox_ml = float(np.prod(ct.spacing)) / 1000.0
-    cls = (p >= 0.5).astype(int)
+    cls = metrics.malignant(p, float(card["inference"].get("threshold", 0.5)))
     table = pd.DataFrame({
         "nodule": ids, "p_malignant": p.astype(float), "predicted_class": cls,
         "predicted_label": [CLASSES[c] for c in cls],
