@@ -539,3 +539,26 @@ def test_mirrored_strategy_on_two_logical_cpus(mirrored_run):
     # the loss must divide by it (it skips that for scalar losses)
     assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in result["loss"])
     assert (out / "member0.npz").is_file()
+
+
+def test_epoch_and_step_overrides_size_the_schedule(monkeypatch, tmp_path):
+    """zoo train --epochs 20 --steps-per-epoch 20 on a segmentation3d recipe: the task builds
+    with a recipe whose one-cycle spans the 400 steps trained (it spanned the recipe's 50 x 5)."""
+    from types import SimpleNamespace
+
+    from zoo import registry
+    from zoo.training import trainer
+    from zoo.training.recipe import load_recipe
+    from zoo.training.tasks import Prepared, segmentation3d
+
+    seen = []
+    fake_task = SimpleNamespace(prepare=lambda *a, **k: Prepared([], None, {}))
+    monkeypatch.setattr(trainer, "get_task", lambda name: fake_task)
+    monkeypatch.setattr(trainer, "train_member",
+                        lambda task, card, variant, recipe, *a, **k: seen.append(recipe) or {"member": 0})
+    recipe = load_recipe("skull_stripping")
+    assert segmentation3d.total_steps(recipe) == 250
+    trainer.train(registry.card("skull_stripping"), recipe, [], tmp_path, epochs=20, steps_per_epoch=20)
+    assert segmentation3d.total_steps(seen[0]) == 400
+    trainer.train(registry.card("skull_stripping"), recipe, [], tmp_path)
+    assert segmentation3d.total_steps(seen[1]) == 250

@@ -120,6 +120,17 @@ def freeze_layers(net: keras.Model, prefixes: Sequence[str]) -> list[str]:
     return frozen
 
 
+def with_run_budget(recipe: Mapping[str, Any], epochs: int, steps_per_epoch: int | None) -> dict[str, Any]:
+    """The recipe with the run's ``epochs`` and, where its ``data`` block has one, its
+    ``steps_per_epoch``, so a schedule sized from the recipe (segmentation3d's one-cycle and
+    flat-cos ``total_steps = epochs x data.steps_per_epoch``) spans the steps actually trained
+    when ``zoo train --epochs/--steps-per-epoch`` override the recipe. The run record keeps it."""
+    out = {**recipe, "epochs": int(epochs)}
+    if steps_per_epoch and "steps_per_epoch" in (recipe.get("data") or {}):
+        out["data"] = {**recipe["data"], "steps_per_epoch": int(steps_per_epoch)}
+    return out
+
+
 def train_member(task: ModuleType, card: ModelCard, variant: str, recipe: Mapping[str, Any],
                  prepared: Prepared, member: int, out_dir: Path, *, epochs: int, steps_per_epoch: int | None,
                  strategy: tf.distribute.Strategy, init_weights: str | Path | None = None,
@@ -217,6 +228,7 @@ def train(card: ModelCard, recipe: Mapping[str, Any], subjects: Sequence[Any], o
     variant = recipe["variant"]
     n_members = int(members or recipe["members"])
     n_epochs = int(epochs or recipe["epochs"])
+    recipe = with_run_budget(recipe, n_epochs, steps_per_epoch)
     policy = mixed_precision or recipe.get("mixed_precision")
     previous = keras.config.dtype_policy()
     if policy:
