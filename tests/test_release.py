@@ -45,3 +45,16 @@ def test_ship_refuses_wrong_checksum_entry_and_member_of_ensemble(tmp_path):
     with pytest.raises(errors.ZooError, match="not lung_nodule"):
         ship(run, "lung_nodule", "default", tmp_path / "w")
     assert [r["member"] for r in ship(run, "spine_vertebrae", "t2", tmp_path / "w")] == [0, 1]
+
+
+def test_ship_as_another_variant_of_the_same_architecture(tmp_path):
+    """lung_nodule's holdout model is a run of variant default shipped as variant holdout."""
+    run = _run(tmp_path)
+    record = json.loads((run / "run_record.json").read_text(encoding="utf-8"))
+    record.update(entry="lung_nodule", variant="default", trained_options={"pad_shape": [88, 92, 62], "downsample": 2})
+    (run / "run_record.json").write_text(json.dumps(record), encoding="utf-8")
+    recs = ship(run, "lung_nodule", "default", tmp_path / "w", as_variant="holdout")
+    assert recs[0]["file"] == "lung_nodule/holdout/member0.npz" and recs[0]["trained_options"]["downsample"] == 2
+    assert (tmp_path / "w" / "lung_nodule" / "holdout" / "member0.npz").read_bytes() == b"weights 0"
+    with pytest.raises(errors.ZooError, match="not a variant"):
+        ship(run, "lung_nodule", "default", tmp_path / "w", as_variant="phase9")

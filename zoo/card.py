@@ -245,7 +245,8 @@ class ModelCard:
 
 
 def _metric_row(m: Mapping[str, Any]) -> str:
-    return (f"| {m['name']} | {m['value']} | {m['split_type']} | {m['n']} | {m['dataset']} | "
+    value = f"{m['value']} [{m['ci95'][0]}, {m['ci95'][1]}]" if "ci95" in m else f"{m['value']}"
+    return (f"| {m['name']} | {value} | {m['split_type']} | {m['n']} | {m['dataset']} | "
             f"{m.get('subset', '')} | {m['source']} |")
 
 
