@@ -120,6 +120,18 @@ def test_holdout_files_and_manifest_parts(tmp_path):
         ds.manifest_part(out, "test")
 
 
+def test_committed_split_is_what_the_command_writes(tmp_path, shared_data):
+    """The card's validation figures name ``training/splits/lung_nodule_holdout.json``; the
+    command with its defaults (20%, seed 42, rating labels) writes exactly that file from the
+    shared lidc_voi, so the split can be checked and rebuilt, never edited by hand."""
+    out = tmp_path / "manifest.json"
+    assert lung_holdout.main(["--data", str(shared_data / "lidc_voi"), "--out", str(out)]) == 0
+    committed = REPO / "training" / "splits" / "lung_nodule_holdout.json"
+    assert json.loads(out.read_text(encoding="utf-8")) == json.loads(committed.read_text(encoding="utf-8"))
+    parts = ds.read_manifest(committed)["holdout"]
+    assert (len(parts["train"]), len(parts["val"])) == (274, 68) and not set(parts["train"]) & set(parts["val"])
+
+
 def test_train_entry_takes_the_split(tmp_path, monkeypatch):
     """`zoo train --split`: the train partition trains, the val partition validates, nothing else."""
     from zoo.training import run as run_mod
@@ -242,7 +254,7 @@ def test_zoo_evaluate_lung_nodule_cli(tmp_path, planted, capsys):
     # patients P2 .7/1, P3 .6/0, P4 .4/0, P5 .55/1, P6 .333/1: TP 2 FP 1 FN 1 TN 1; AUC (2 + 1 + 0) / 6
     assert s["patient"]["roc_auc"] == pytest.approx(3 / 6) and s["patient"]["recall"] == pytest.approx(2 / 3)
     assert s["n_nodules_excluded_rating3"] == 1 and s["part"] == "validation"
-    assert s["frame"] == {"pad_shape": [32, 32, 32], "downsample": 2}  # the shipped weights' record
+    assert s["frame"] == {"pad_shape": [88, 92, 62], "downsample": 2}  # the shipped weights' record (phase 1)
     for level in ("nodule", "patient"):
         for k in ("roc_auc", "accuracy"):
             ci = s["intervals"][level][k]
@@ -265,27 +277,28 @@ def test_frame_mismatch_is_a_typed_error():
 
 
 def test_own_weights_bring_their_frame(tmp_path):
-    """A run folder whose record says 44x46x31 (phase 1) predicts at it; another frame is refused."""
+    """A run folder whose record says 88x91x62 (phase 2) predicts at it; another frame is refused."""
     shipped = REPO / "weights" / "lung_nodule" / "default" / "member0.npz"
     run = tmp_path / "phase1"
     run.mkdir()
     os.symlink(shipped, run / "member0.npz")  # the network is size-agnostic: any member file loads
     (run / "run_record.json").write_text(json.dumps(
-        {"entry": "lung_nodule", "trained_options": {"pad_shape": [88, 92, 62], "downsample": 2}}), encoding="utf-8")
+        {"entry": "lung_nodule", "trained_options": {"pad_shape": [88, 91, 62], "downsample": 1}}), encoding="utf-8")
     model = registry.load("lung_nodule", weights=str(run))
-    assert tuple(model.models[0].inputs[0].shape[1:]) == (44, 46, 31, 1)
-    assert model.card.option_value("pad_shape") == [88, 92, 62]
-    same = registry.load("lung_nodule", weights=str(run), options={"downsample": 2})
-    assert same.card.option_value("downsample") == 2
-    with pytest.raises(errors.OptionMismatchError, match="88, 92, 62"):
-        registry.load("lung_nodule", weights=str(run), options={"pad_shape": [32, 32, 32]})
+    assert tuple(model.models[0].inputs[0].shape[1:]) == (88, 91, 62, 1)
+    assert model.card.option_value("pad_shape") == [88, 91, 62]
+    same = registry.load("lung_nodule", weights=str(run), options={"downsample": 1})
+    assert same.card.option_value("downsample") == 1
+    with pytest.raises(errors.OptionMismatchError, match="88, 91, 62"):
+        registry.load("lung_nodule", weights=str(run), options={"pad_shape": [88, 92, 62], "downsample": 2})
 
 
 # --- the campaign script ---------------------------------------------------------------------
 def test_campaign_plan_dry_run(tmp_path):
     """DRY_RUN=1 prints the steps in order without running them: split, cost, phase 1 on the
     training part (stopped after phase 1), evaluation of the validation part, phase 1 on all
-    patients, release; phase 2 only with PHASE2=1."""
+    patients, release of both (default, and the holdout run as variant holdout); phase 2 only with
+    PHASE2=1."""
     if shutil.which("bash") is None:
         pytest.skip("no bash")
     env = {**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path / "c"), "PY": "python3", "ZOO": "zoo"}
@@ -298,7 +311,8 @@ def test_campaign_plan_dry_run(tmp_path):
     assert cmds[3].startswith("+ zoo evaluate lung_nodule") and "--part val" in cmds[3] and "holdout/run/phase1" in cmds[3]
     assert cmds[4].startswith("+ zoo train") and "--split" not in cmds[4] and "final/run" in cmds[4]
     assert "zoo.training.release" in cmds[5] and "final/run/phase1" in cmds[5]
-    assert len(cmds) == 6 and "phase2" not in out.replace("phase1,phase2a", "")
+    assert "holdout/run/phase1" in cmds[6] and "--as-variant holdout" in cmds[6]
+    assert len(cmds) == 7 and "phase2" not in out.replace("phase1,phase2a", "")
     out2 = subprocess.run(["bash", str(REPO / "training/campaigns/lung_issue17.sh")],
                           env={**env, "PHASE2": "1"}, cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "--phases phase1,phase2a,phase2b" in out2 and "holdout/run/phase2b" in out2 and "release_phase2" in out2
