@@ -97,6 +97,8 @@ def test_markdown_and_dict():
     for text in ("# White-matter", "8,742,209", "| dsc | 0.8 | challenge | 110 |", "Li et al. 2018 Table 3",
                  "@article{li2018wmh", "Weights: 3 file(s)", "## Caveats"):
         assert text in md, text
+    lung = zoo.card("lung_nodule").to_markdown()  # a measured row with its 95% interval
+    assert "| roc_auc | 0.916 [0.85, 0.966] | validation | 100 |" in lung
     d = c.to_dict()
     d["id"] = "changed"
     assert c.id == "wmh_ensemble"

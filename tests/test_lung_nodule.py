@@ -268,7 +268,7 @@ def test_training_smoke(shared_data, tmp_path):
     assert m["steps_per_epoch"] == 2 and math.isfinite(m["history"]["loss"][0])
     assert (tmp_path / "run" / "member0.npz").is_file()
     assert record["data"]["n_train_nodules"] >= 4
-    assert record["trained_options"] == {"pad_shape": [32, 32, 32], "downsample": 2}  # the frame (zoo.trained_options)
+    assert record["trained_options"] == {"pad_shape": [88, 92, 62], "downsample": 2}  # the card frame (zoo.trained_options)
 
 
 def test_layout_detection_lidc_voi(shared_data):

@@ -21,11 +21,13 @@
 #      -> $OUT/holdout/eval_phase1/summary.json
 #   5. phase 1 on all patients, same epochs (the model to ship) -> $OUT/final/run/phase1
 #   6. release (float16 files, sha256, the card records with trained_options = the frame)
-#      -> $OUT/release/lung_nodule/default/member0.npz and $OUT/release/card_records.txt
+#      -> $OUT/release/lung_nodule/default/member0.npz and $OUT/release/card_records.txt, and the
+#      phase-1 model of the training part as variant holdout (the weights of the card's validation
+#      figures, so anyone can rerun them) -> $OUT/release/lung_nodule/holdout/member0.npz
 #   PHASE2=1 adds: 7. phases 2a + 2b (88x91x62) on the training part, each evaluated on the validation
 #   part; 8. on all patients; 9. release -> $OUT/release_phase2/
 #
-# Then (by hand): copy the better phase's release into weights/lung_nodule/default/, put its card
+# Then (by hand): copy the better phase's release into weights/lung_nodule/{default,holdout}/, put its card
 # record (with trained_options) in cards/lung_nodule.yaml, set the card's pad_shape/downsample defaults
 # to that frame, bump the version and add the validation figures of $OUT/holdout/eval_*/summary.json
 # under metrics.measured (split_type validation) with the commands.
@@ -125,8 +127,11 @@ release() {  # $1 phase, $2 folder
     say "release $1 (float16, sha256) -> $2"
     if [ "$DRY_RUN" = 1 ]; then
       run $PY -m zoo.training.release "$OUT/final/run/$1" lung_nodule default --weights-dir "$2"
+      run $PY -m zoo.training.release "$OUT/holdout/run/$1" lung_nodule default --as-variant holdout --weights-dir "$2"
     else
-      $PY -m zoo.training.release "$OUT/final/run/$1" lung_nodule default --weights-dir "$2" | tee "$2.records.tmp"
+      { $PY -m zoo.training.release "$OUT/final/run/$1" lung_nodule default --weights-dir "$2"
+        $PY -m zoo.training.release "$OUT/holdout/run/$1" lung_nodule default --as-variant holdout --weights-dir "$2"
+      } | tee "$2.records.tmp"
       mv "$2.records.tmp" "$2/card_records.txt"
     fi
   else
