@@ -79,12 +79,8 @@ n_all=$(epoch_nodules all)
 # 2. cost of each phase, printed before anything trains; the precision
 phases=phase1; [ "$PHASE2" = 1 ] && phases=phase1,phase2a,phase2b
 cost="$OUT/cost_${phases//,/_}"  # measured again when PHASE2 adds phases
-if [ "$PRECISION" = auto ]; then
-  if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then candidates=(--precision float32 --precision mixed_bfloat16)
-  else candidates=(--precision float32); fi
-else
-  candidates=(--precision "$PRECISION")
-fi
+source "$(dirname "$0")/precision.sh"
+precision_candidates "$PRECISION"
 if [ "$COST" = 1 ] && [ ! -f "$cost.txt" ]; then
   say "cost: batch $BATCH, phases $phases, $n_train nodules per epoch (training part), $n_all (all patients)"
   if [ "$DRY_RUN" = 1 ]; then
@@ -98,12 +94,7 @@ if [ "$COST" = 1 ] && [ ! -f "$cost.txt" ]; then
 elif [ -f "$cost.txt" ]; then
   cat "$cost.txt"
 fi
-if [ "$PRECISION" = auto ]; then
-  PRECISION=float32
-  if [ -f "$cost.json" ]; then
-    PRECISION=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['best_precision'])" "$cost.json")
-  fi
-fi
+PRECISION=$(chosen_precision "$PRECISION" "$cost.json")
 say "precision: $PRECISION"
 
 common=(--data "$DATA" --batch-size "$BATCH" --strategy none)

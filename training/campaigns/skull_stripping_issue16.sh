@@ -44,12 +44,8 @@ say() { echo "== $(date -u +%FT%TZ) $*"; }
 run() { echo "+ $*"; [ "$DRY_RUN" = 1 ] || "$@"; }
 
 # 1. cost, printed before anything trains; the precision
-if [ "$PRECISION" = auto ]; then
-  if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then candidates=(--precision float32 --precision mixed_bfloat16)
-  else candidates=(--precision float32); fi
-else
-  candidates=(--precision "$PRECISION")
-fi
+source "$(dirname "$0")/precision.sh"
+precision_candidates "$PRECISION"
 cost="$OUT/cost"
 if [ ! -f "$cost.txt" ]; then
   say "cost: $K fold models + the final model, $((EPOCHS * STEPS_PER_EPOCH)) steps each, batch 1"
@@ -63,10 +59,7 @@ if [ ! -f "$cost.txt" ]; then
 else
   cat "$cost.txt"
 fi
-if [ "$PRECISION" = auto ]; then
-  PRECISION=float32
-  [ -f "$cost.json" ] && PRECISION=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['best_precision'])" "$cost.json")
-fi
+PRECISION=$(chosen_precision "$PRECISION" "$cost.json")
 say "precision: $PRECISION"
 
 # 2. the cross-validation chunk and the final model
