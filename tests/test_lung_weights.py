@@ -89,7 +89,7 @@ def test_holdout_variant_reproduces_the_card_validation_figures(shared_data, tmp
     assert len(rows) == 10
     sha = {r["sha256"] for r in card.variant("holdout")["weights"]}
     for m in rows:
-        level = "nodule" if m["n"] == 100 else "patient"
+        level = m["subset"].split()[0]  # "nodule level ..." / "patient level ..."
         ci = s["intervals"][level][m["name"]]
         assert set(m["weights_sha256"]) == sha
         assert round(s[level][m["name"]], 3) == pytest.approx(m["value"], abs=1e-9), (level, m["name"])

@@ -167,8 +167,8 @@ def evaluate_nodules(name: str, subjects: Sequence[Any], out_dir: str | Path, *,
                                 f"{len({r['patient'] for r in rows})} patient(s); scoring needs at least 2 patients")
     threshold = float(model.card["inference"].get("threshold", 0.5))
     result = score(rows, threshold, n_resamples, seed)
-    for r in rows:
-        r["predicted_class"] = int(metrics.malignant(r["p_malignant"], threshold)[0])
+    for r, c in zip(rows, metrics.malignant([r["p_malignant"] for r in rows], threshold)):
+        r["predicted_class"] = int(c)
     frame = weights_options(model.card)  # the input frame the weights saw (zoo.trained_options)
     n_excluded = sum(n["label"] is None for s in subjects for n in s.meta.get("nodules", ()))
     summary = {
