@@ -13,15 +13,23 @@ step, then the median of ``--steps`` timed steps on random data of the card's in
 Peak memory is the process's maximum resident set (CPU) or TensorFlow's peak GPU allocation.
 
 ``--campaign`` (issue 20): times one optimizer step of each variant (FLAIR+T1: 2 channels,
-FLAIR: 1) at ``--batch`` and ``--size`` in the fastest precision the hardware supports, and
-prints the cost of the retraining campaign: per variant ``--folds`` cross-validation members
-plus ``--final-members`` members on all subjects, ``--campaign-steps`` steps each
-(preprocessing and validation are not included).
+FLAIR: 1) at ``--batch`` and ``--size`` in each ``--precision`` (default: float32, plus the
+native mixed precision: ``mixed_float16`` on a GPU, ``mixed_bfloat16`` on a CPU with
+AVX512-BF16/AMX; a mixed precision that is not native is not measured), and prints the cost of
+the retraining campaign: per variant ``--folds`` cross-validation members plus
+``--final-members`` members on all subjects, ``--campaign-steps`` steps each (preprocessing
+and validation are not included). The cheapest precision is the one with the lowest campaign
+total over both variants; ``--json`` writes it as ``best_precision`` with every row
+(training/campaigns/wmh_issue20.sh reads it through training/campaigns/precision.sh).
+
+    python benchmarks/train_throughput.py --campaign --batch 24 --size 128 \
+        --precision float32 --precision mixed_bfloat16 --json cost.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from _timed_steps import run_timed
 
@@ -59,8 +67,17 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def campaign(args: argparse.Namespace) -> None:
-    """Print the step cost per variant and the campaign's total (see the module docstring).
+def native_mixed(device: str, cpu_bf16: bool) -> str | None:
+    """The mixed precision that is native on ``device``: ``mixed_float16`` on a GPU,
+    ``mixed_bfloat16`` on a CPU with AVX512-BF16/AMX, else None (it would be emulated)."""
+    if device == "GPU":
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_bf16 else None
+
+
+def campaign(args: argparse.Namespace) -> dict:
+    """Print the step cost per variant and precision and the campaign's total (module
+    docstring); returns ``{"best_precision", "bf16_in_hardware", "rows"}``.
 
     On a CPU shared with other jobs the wall time of a step says more about the load than about
     the step, so the CPU seconds of the step (all threads) are printed too, with the wall time
@@ -73,28 +90,50 @@ def campaign(args: argparse.Namespace) -> None:
     print(f"bfloat16 in hardware (AVX512-BF16/AMX): {cpu_bf16}; {cores} CPU cores; "
           f"load average {os.getloadavg()[0]:.1f} at the start")
     runs = campaign_runs(args.folds, args.final_members)
-    total = idle_total = 0.0
+    rows = []
+    totals: dict[str, list[float]] = {}
     for variant, channels in (("flair_t1", 2), ("flair", 1)):
         base = {"batch": args.batch, "steps": args.steps, "size": args.size, "channels": channels}
-        best = ("float32", run({**base, "policy": "float32"}))
-        if best[1]["device"] == "GPU" or cpu_bf16:
-            mixed = "mixed_float16" if best[1]["device"] == "GPU" else "mixed_bfloat16"
-            r = run({**base, "policy": mixed})
-            print(f"  {variant}: float32 {best[1]['step_s']:.3f} s/step, {mixed} {r['step_s']:.3f} s/step")
-            if r["step_s"] < best[1]["step_s"]:
-                best = (mixed, r)
-        policy, r = best
-        cost = r["step_s"] * args.campaign_steps * runs
-        total += cost
-        idle = r.get("cpu_s", r["step_s"]) / cores if r["device"] == "CPU" else r["step_s"]
-        idle_total += idle * args.campaign_steps * runs
-        print(f"{variant}: {r['step_s']:.3f} s per optimizer step measured (batch {args.batch}, {args.size}x{args.size}x"
-              f"{channels}, {policy}, {r['device']}, peak {r['peak_mib']:.0f} MiB; {r.get('cpu_s', float('nan')):.2f} CPU s, "
-              f"{idle:.2f} s on {cores} idle cores); {runs} members ({args.folds} folds + {args.final_members} final) "
-              f"x {args.campaign_steps} steps = {hours(cost)} measured, {hours(idle * args.campaign_steps * runs)} idle")
-    print(f"campaign (2 variants): {2 * runs} members, {2 * runs * args.campaign_steps} steps: "
-          f"{hours(total)} at the measured step times, {hours(idle_total)} on this machine's cores when idle "
-          f"(one run at a time)")
+        device = None
+        for policy in args.precision or ["float32", "native"]:
+            if policy != "float32":
+                if device is None:  # the device is known after the first run; measure float32 first
+                    device = run({**base, "policy": "float32", "steps": 1})["device"]
+                native = native_mixed(device, cpu_bf16)
+                if policy == "native":
+                    if native is None:
+                        continue
+                    policy = native
+                elif policy != native:
+                    print(f"  {variant}: {policy} not measured: not native on this {device}")
+                    continue
+            r = run({**base, "policy": policy})
+            device = r["device"]
+            cost = r["step_s"] * args.campaign_steps * runs
+            idle = r.get("cpu_s", r["step_s"]) / cores if r["device"] == "CPU" else r["step_s"]
+            idle_cost = idle * args.campaign_steps * runs
+            t = totals.setdefault(policy, [0.0, 0.0, 0])
+            t[0] += cost
+            t[1] += idle_cost
+            t[2] += 1
+            rows.append({"variant": variant, "channels": channels, "precision": policy, "device": r["device"],
+                         "step_s": r["step_s"], "cpu_s": r.get("cpu_s"), "peak_mib": r["peak_mib"],
+                         "members": runs, "campaign_h": cost / 3600, "idle_h": idle_cost / 3600})
+            print(f"{variant}: {r['step_s']:.3f} s per optimizer step measured (batch {args.batch}, {args.size}x"
+                  f"{args.size}x{channels}, {policy}, {r['device']}, peak {r['peak_mib']:.0f} MiB; "
+                  f"{r.get('cpu_s', float('nan')):.2f} CPU s, {idle:.2f} s on {cores} idle cores); {runs} members "
+                  f"({args.folds} folds + {args.final_members} final) x {args.campaign_steps} steps = "
+                  f"{hours(cost)} measured, {hours(idle_cost)} idle")
+    complete = {p: t for p, t in totals.items() if t[2] == 2}  # measured for both variants
+    best = min(complete, key=lambda p: complete[p][0]) if complete else "float32"
+    for policy, (total, idle_total, _) in complete.items():
+        print(f"campaign (2 variants, {policy}): {2 * runs} members, {2 * runs * args.campaign_steps} steps: "
+              f"{hours(total)} at the measured step times, {hours(idle_total)} on this machine's cores when idle "
+              f"(one run at a time)")
+    print(f"cheapest precision: {best}")
+    return {"best_precision": best, "bf16_in_hardware": cpu_bf16, "batch": args.batch, "size": args.size,
+            "campaign_steps": args.campaign_steps, "folds": args.folds, "final_members": args.final_members,
+            "rows": rows}
 
 
 def main() -> None:
@@ -108,9 +147,17 @@ def main() -> None:
     ap.add_argument("--campaign-steps", type=int, default=1000, help="optimizer steps per member")
     ap.add_argument("--folds", type=int, default=5, help="cross-validation members per variant")
     ap.add_argument("--final-members", type=int, default=3, help="members trained on all subjects")
+    ap.add_argument("--precision", action="append", default=None,
+                    choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                    help="with --campaign: a precision to measure, repeatable (default: float32 and the native "
+                         "mixed precision); a mixed precision that is not native here is skipped")
+    ap.add_argument("--json", default=None, metavar="FILE", help="with --campaign: write the rows and best_precision")
     args = ap.parse_args()
     if args.campaign:
-        campaign(args)
+        result = campaign(args)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(result, fh, indent=2)
         return
     base = {"batch": args.batch, "steps": args.steps, "size": args.size, "channels": args.channels}
     fp32 = run({**base, "policy": "float32"})

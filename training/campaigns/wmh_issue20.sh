@@ -9,7 +9,8 @@
 # loses at most one epoch (STEPS_PER_EPOCH steps) of one member.
 #
 # Stages:
-#   0. cost: benchmarks/train_throughput.py --campaign prints the expected cost first
+#   0. cost: benchmarks/train_throughput.py --campaign prints the expected cost first, per precision;
+#      the campaign trains in the cheapest (training/campaigns/precision.sh)
 #   1. prepare: subject CSVs per variant + 5-fold manifest (training/campaigns/wmh_issue20_prepare.py)
 #   2. CV: per variant and fold, one member (seed 0) on the other folds' subjects, validated on the fold
 #   3. evaluate every fold on its held-out subjects (zoo evaluate, overlays), pool per site
@@ -18,7 +19,8 @@
 #
 # Settings (environment): PATCH (square patch side, px; the U-Net is fully convolutional, the
 # weights load into the 200x200 model), BATCH (>= 24), EPOCHS x STEPS_PER_EPOCH (>= 1,000 steps),
-# PRECISION (empty = float32; mixed_bfloat16 only on a CPU with AVX512-BF16/AMX, mixed_float16 on a GPU),
+# PRECISION (auto: float32, or mixed_bfloat16 where the CPU has AVX512-BF16/AMX and the benchmark
+# measures it cheaper; or float32 | mixed_bfloat16 | mixed_float16 (a GPU) as given),
 # MASK_DIR (brain masks for the clinical subjects that have none, <dir>/<id>/brain_mask.nii.gz; default:
 # $OUT/masks, written by the shipped skull_stripping weights, stage 0b).
 set -euo pipefail
@@ -29,7 +31,7 @@ BATCH=${BATCH:-24}
 EPOCHS=${EPOCHS:-10}
 STEPS_PER_EPOCH=${STEPS_PER_EPOCH:-100}
 FOLDS=${FOLDS:-5}
-PRECISION=${PRECISION:-}
+PRECISION=${PRECISION:-auto}
 ZOO=${ZOO:-python -m zoo.cli}
 PY=${PY:-python}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
@@ -37,18 +39,24 @@ mkdir -p "$OUT"
 steps=$((EPOCHS * STEPS_PER_EPOCH))
 [ "$steps" -ge 1000 ] || { echo "EPOCHS x STEPS_PER_EPOCH = $steps < 1000 (issue 20 budget)"; exit 2; }
 [ "$BATCH" -ge 24 ] || { echo "BATCH=$BATCH < 24 (issue 20 budget)"; exit 2; }
-mp=(); [ -n "$PRECISION" ] && mp=(--mixed-precision "$PRECISION")
-common=(--batch-size "$BATCH" --epochs "$EPOCHS" --steps-per-epoch "$STEPS_PER_EPOCH"
-        --set "data.patch_size=$PATCH" "${mp[@]}")
+out_abs="$(cd "$OUT" && pwd)"
 
-# 0. expected cost, printed before anything trains
+# 0. expected cost, printed before anything trains; the precision
+source "$(dirname "$0")/precision.sh"
+precision_candidates "$PRECISION"
 if [ ! -f "$OUT/cost.txt" ]; then
   (cd benchmarks && $PY train_throughput.py --campaign --batch "$BATCH" --size "$PATCH" --steps 3 \
-      --campaign-steps "$steps" --folds "$FOLDS" --final-members 3) | tee "$OUT/cost.txt.tmp"
+      --campaign-steps "$steps" --folds "$FOLDS" --final-members 3 "${candidates[@]}" \
+      --json "$out_abs/cost.json") | tee "$OUT/cost.txt.tmp"
   mv "$OUT/cost.txt.tmp" "$OUT/cost.txt"
 else
   cat "$OUT/cost.txt"
 fi
+PRECISION=$(chosen_precision "$PRECISION" "$OUT/cost.json")
+echo "== $(date -u +%FT%TZ) precision: $PRECISION"
+mp=(); [ "$PRECISION" != float32 ] && mp=(--mixed-precision "$PRECISION")
+common=(--batch-size "$BATCH" --epochs "$EPOCHS" --steps-per-epoch "$STEPS_PER_EPOCH"
+        --set "data.patch_size=$PATCH" "${mp[@]}")
 
 # 0b. brain masks for the clinical subjects that have none (neither the source's nor a silver mask
 # in heads/: 104252 and 105074), made by the shipped skull_stripping weights, unless MASK_DIR is set
