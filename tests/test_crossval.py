@@ -32,7 +32,7 @@ def fake_campaign(monkeypatch):
     monkeypatch.setattr(run_mod, "load_subjects", lambda data, layout, inputs: list(subjects))
 
     def train_entry(name, data, *, out_dir, val_ids=(), init_from=None, **kwargs):
-        calls.append({"out": Path(out_dir).name, "val": sorted(val_ids), "init_from": init_from})
+        calls.append({"out": Path(out_dir).name, "val": sorted(val_ids), "init_from": init_from, "kwargs": kwargs})
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "member0.npz").write_bytes(b"weights")
 
@@ -64,6 +64,19 @@ def test_init_from_continues_each_fold_from_its_own_model(tmp_path, fake_campaig
     crossval.run("skull_stripping", tmp_path / "data", tmp_path / "b", final=True, init_from=tmp_path / "a", **kw)
     assert [c["init_from"] for c in fake_campaign] == [
         str(tmp_path / "a" / name / "member0.npz") for name in ("fold0", "fold1", "fold2", "fold3", "fold4", "final")]
+
+
+def test_final_only_trains_the_final_model_with_the_folds_settings(tmp_path, fake_campaign):
+    argv = ["skull_stripping", "--data", str(tmp_path / "data"), "--k", "5", "--group", "subject",
+            "--set", "epochs=20", "--set", "data.steps_per_epoch=50", "--batch-size", "1"]
+    assert crossval.main([*argv, "--out", str(tmp_path / "cv"), "--final-only"]) == 0
+    assert [(c["out"], c["val"]) for c in fake_campaign] == [("final", [])]  # no fold, nothing held out
+    crossval.main([*argv, "--out", str(tmp_path / "cv"), "--final-only"])
+    assert len(fake_campaign) == 1  # done: not retrained
+    crossval.main([*argv, "--out", str(tmp_path / "folds"), "--final"])
+    final_only, folds_final = fake_campaign[0], fake_campaign[-1]
+    assert folds_final["out"] == "final" and final_only["kwargs"] == folds_final["kwargs"]
+    assert final_only["kwargs"]["recipe_set"] == {"epochs": 20, "data.steps_per_epoch": 50}
 
 
 def test_init_from_other_folds_is_refused(tmp_path, fake_campaign):

@@ -12,6 +12,8 @@ out-of-fold case with its fold and ``group_by`` column, e.g. the contrast), ``su
 (mean, sd, median, min, max per metric, pooled and per ``group_by`` value) and, with
 ``--final``, ``final/member0.npz``. A fold whose ``eval/metrics.csv`` exists is skipped, an
 interrupted training resumes (BackupAndRestore), so the same command continues a campaign.
+``--final-only`` trains just the final model with the same settings (the folds in one session,
+the final model in the next, on the same machine or a fresh one).
 
 ``--init-from RUN`` continues an earlier cross-validation in chunks that each fit a session:
 fold ``i`` starts from ``RUN/fold{i}/member0.npz`` (and ``final`` from ``RUN/final``) with a
@@ -121,10 +123,29 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
     summary = {"entry": name, "k": k, "seed": seed, "group": group, "n_cases": int(len(pooled)),
                **summarise(pooled, metrics, group_by)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    if final and not (out / "final" / "member0.npz").is_file():
-        start = None if init_from is None else _start_weights(Path(init_from) / "final")
-        train_entry(name, data, out_dir=out / "final", init_from=start, **kwargs)
+    if final:
+        train_final(name, data, out, train_kwargs=kwargs, init_from=init_from)
     return summary
+
+
+def train_final(name: str, data: str | Path, out: str | Path, *, train_kwargs: dict | None = None,
+                init_from: str | Path | None = None) -> Path:
+    """Train (or resume, or skip when done) the final model of a cross-validation on every
+    subject of ``data`` into ``out/final`` with the folds' settings, and return its
+    ``member0.npz``. On its own (``--final-only``) it lets the final model run in a later
+    session than the folds, on another machine. ``init_from``: an earlier cross-validation
+    folder whose ``final`` model it continues.
+
+    Raises:
+        InputNotFoundError: ``init_from`` has no final model.
+    """
+    from zoo.training.run import train_entry
+
+    weights = Path(out) / "final" / "member0.npz"
+    if not weights.is_file():
+        start = None if init_from is None else _start_weights(Path(init_from) / "final")
+        train_entry(name, data, out_dir=Path(out) / "final", init_from=start, **dict(train_kwargs or {}))
+    return weights
 
 
 def check_same_folds(earlier: Path, current: Path) -> None:
@@ -164,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--mixed-precision", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--final", action="store_true")
+    p.add_argument("--final", action="store_true", help="after the folds, train the final model on every subject")
+    p.add_argument("--final-only", action="store_true",
+                   help="train only the final model (the folds' settings), e.g. in a later session than the folds")
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="an earlier crossval folder with the same folds: fold i starts from its fold i model")
     args = p.parse_args(argv)
@@ -179,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         recipe_set["data.steps_per_epoch"] = args.steps_per_epoch
     kwargs = {"batch_size": args.batch_size,
               "mixed_precision": args.mixed_precision, "recipe_set": recipe_set or None, "verbose": 2}
+    if args.final_only:
+        print(train_final(args.name, args.data, args.out, train_kwargs=kwargs, init_from=args.init_from))
+        return 0
     summary = run(args.name, args.data, args.out, k=args.k, seed=args.seed, group=args.group,
                   group_by=args.group_by, final=args.final, train_kwargs=kwargs, init_from=args.init_from)
     print(json.dumps(summary["pooled"], indent=2))

@@ -25,7 +25,9 @@
 #
 # Settings (environment): OUT (runs/ss-cv800), FROM (runs/ss-cv400; absent = from scratch), DATA,
 # K (5), EPOCHS x STEPS_PER_EPOCH (20 x 20 = 400 steps per model), PRECISION (auto|float32|
-# mixed_bfloat16), PY, DRY_RUN=1 prints the commands.
+# mixed_bfloat16), FINAL_ONLY=1 (step 2 trains only the final model, with the folds' settings, and
+# step 4 is skipped: the folds ran in an earlier session, maybe on another machine), PY,
+# DRY_RUN=1 prints the commands.
 set -euo pipefail
 OUT=${OUT:-runs/ss-cv800}
 FROM=${FROM:-runs/ss-cv400}
@@ -36,6 +38,7 @@ STEPS_PER_EPOCH=${STEPS_PER_EPOCH:-20}
 PRECISION=${PRECISION:-auto}
 PY=${PY:-python}
 DRY_RUN=${DRY_RUN:-0}
+FINAL_ONLY=${FINAL_ONLY:-0}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 mkdir -p "$OUT"
 out_abs="$(cd "$OUT" && pwd)"
@@ -64,11 +67,12 @@ say "precision: $PRECISION"
 
 # 2. the cross-validation chunk and the final model
 cv=(--data "$DATA" --k "$K" --group subject --group-by contrast --out "$OUT" --batch-size 1
-    --set "epochs=$EPOCHS" --set "data.steps_per_epoch=$STEPS_PER_EPOCH" --final)
+    --set "epochs=$EPOCHS" --set "data.steps_per_epoch=$STEPS_PER_EPOCH")
+if [ "$FINAL_ONLY" = 1 ]; then cv+=(--final-only); else cv+=(--final); fi
 [ "$PRECISION" != float32 ] && cv+=(--mixed-precision "$PRECISION")
 if [ -d "$FROM" ]; then cv+=(--init-from "$FROM"); say "every model continues from $FROM"
 else say "$FROM not found: every model starts from scratch"; fi
-say "cross-validation chunk -> $OUT"
+if [ "$FINAL_ONLY" = 1 ]; then say "final model only -> $OUT/final"; else say "cross-validation chunk -> $OUT"; fi
 run $PY -m zoo.training.crossval skull_stripping "${cv[@]}"
 
 # 3. already-stripped scans, final model
@@ -78,7 +82,9 @@ if [ ! -f "$OUT/stripped_check.csv" ]; then
 fi
 
 # 4. the chain into wmh_ensemble, each person's held-out fold model
-if [ ! -f "$OUT/chain-eval/summary.json" ]; then
+if [ "$FINAL_ONLY" = 1 ]; then
+  say "chain check skipped (FINAL_ONLY: it needs the fold models)"
+elif [ ! -f "$OUT/chain-eval/summary.json" ]; then
   say "wmh_ensemble with the held-out fold masks on raw clinical FLAIRs"
   run $PY -m zoo.training.chained_mask_eval --data "$(dirname "$DATA")/wmh_ms_clinical" --variant flair \
       --cv "$OUT" --out "$OUT/chain-eval"
