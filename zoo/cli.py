@@ -442,6 +442,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if missing:
             raise UsageError(f"subjects not found in {args.data}: {sorted(missing)}")
         subjects = [s for s in subjects if s.id in set(args.subject)]
+    if not args.weights:  # the card weights: say when they trained on these subjects
+        from zoo import trained_on
+
+        card = registry.card(args.name)
+        variant = args.variant or card["default_variant"]
+        seen = trained_on.overlap(card.variant(variant).get("trained_on"), args.data, [s.id for s in subjects])
+        if seen:
+            print(trained_on.warning(args.name, variant, seen, len(subjects)), file=sys.stderr)
     if registry.card(args.name)["task"] == "classification":
         return _evaluate_classification(args, subjects, options)
     result = evaluate(args.name, subjects, args.out_dir, variant=args.variant,
