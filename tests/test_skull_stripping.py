@@ -348,3 +348,40 @@ def test_mask_cleaned_on_the_network_grid_equals_the_input_grid_rule():
     want = entry.clean_mask(native, 0.5)
     assert want.sum() > 1000 and ndimage.label(native > 0.5)[1] >= 2
     assert (got != want).sum() <= 0.001 * want.sum()
+
+
+class _ShiftNet:
+    """A stand-in for the fused network: the brain logit of a voxel is the input one voxel to its
+    left along X (not mirror-symmetric), the background logit 0."""
+
+    def __init__(self, card):
+        self.card = card
+        self.calls = []
+
+    def fused(self, batch, training=False):
+        self.calls.append(batch.shape)
+        brain = np.roll(batch[..., 0], 1, axis=1)
+        return np.stack([np.zeros_like(brain), brain], axis=-1)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip_x"])
+def test_flip_tta_averages_the_mirrored_logits(tta):
+    from zoo.entries.skull_stripping import network_probability
+
+    card = registry.card("skull_stripping").with_options({"tta": tta})
+    net = _ShiftNet(card)
+    x = np.random.default_rng(0).normal(size=(8, 6, 4)).astype(np.float32)
+    prob = network_probability(net, x)
+    left = np.roll(x, 1, axis=0)
+    # mirrored, shifted, mirrored back: the input one voxel to the right
+    logit = left if tta == "none" else (left + np.roll(x, -1, axis=0)) / 2
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-logit)), rtol=1e-5, atol=1e-6)
+    assert net.calls == [(1 if tta == "none" else 2, 8, 6, 4, 1)]  # one network call either way
+
+
+def test_unknown_tta_is_a_card_error():
+    from zoo.entries.skull_stripping import network_probability
+
+    card = registry.card("skull_stripping").with_options({"tta": "rotate"})
+    with pytest.raises(errors.CardError, match="tta"):
+        network_probability(_ShiftNet(card), np.zeros((4, 4, 4), np.float32))

@@ -13,7 +13,9 @@ out-of-fold case with its fold and ``group_by`` column, e.g. the contrast), ``su
 ``--final``, ``final/member0.npz``. A fold whose ``eval/metrics.csv`` exists is skipped, an
 interrupted training resumes (BackupAndRestore), so the same command continues a campaign.
 ``--final-only`` trains just the final model with the same settings (the folds in one session,
-the final model in the next, on the same machine or a fresh one).
+the final model in the next, on the same machine or a fresh one). ``--option KEY=VALUE --tag
+TAG`` scores the same fold models again with a card option (e.g. ``tta=flip_x``) into
+``fold{i}/eval-TAG``, ``metrics-TAG.csv`` and ``summary-TAG.json``.
 
 ``--init-from RUN`` continues an earlier cross-validation in chunks that each fit a session:
 fold ``i`` starts from ``RUN/fold{i}/member0.npz`` (and ``final`` from ``RUN/final``) with a
@@ -64,7 +66,8 @@ def summarise(table, metrics: Sequence[str], by: str | None) -> dict[str, Any]:
 
 def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int = 0, group: str | None = None,
         group_by: str | None = None, final: bool = False, train_kwargs: dict | None = None,
-        init_from: str | Path | None = None) -> dict[str, Any]:
+        init_from: str | Path | None = None, options: dict[str, Any] | None = None,
+        tag: str | None = None) -> dict[str, Any]:
     """Run (or continue) the cross-validation of entry ``name`` on ``data`` (module docstring).
 
     Args:
@@ -79,19 +82,26 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
             batch_size, recipe_set, ...).
         init_from: an earlier cross-validation folder of the same folds to continue from
             (module docstring).
+        options: card options for scoring the held-out folds (e.g. ``{"tta": "flip_x"}``);
+            the fold models are the same.
+        tag: score into ``fold{i}/eval-TAG``, ``metrics-TAG.csv`` and ``summary-TAG.json``
+            instead (a fold model that exists is not retrained), so another scoring setting
+            of the same models sits beside the first.
     Returns:
-        The summary (also ``out/summary.json``).
+        The summary (also ``out/summary.json``, or ``out/summary-TAG.json``).
     Raises:
-        InputError: ``init_from``'s folds differ from this split.
+        InputError: ``init_from``'s folds differ from this split; ``options`` without ``tag``.
         InputNotFoundError: a fold model of ``init_from`` is missing.
     """
     import pandas as pd
 
-    from zoo import registry
+    from zoo import errors, registry
     from zoo.training import datasets
     from zoo.training.evaluate import evaluate
     from zoo.training.run import detect_layout, load_subjects, train_entry
 
+    if options and not tag:
+        raise errors.InputError("scoring options need a tag, so that they never mix with the untagged scores")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     card = registry.card(name)
@@ -103,14 +113,16 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
         check_same_folds(Path(init_from) / "manifest.json", out / "manifest.json")
     kwargs = dict(train_kwargs or {})
     tables = []
+    suffix = f"-{tag}" if tag else ""
     for i, (train_part, val_part) in enumerate(splits):
         fold = out / f"fold{i}"
-        metrics_csv = fold / "eval" / "metrics.csv"
+        metrics_csv = fold / f"eval{suffix}" / "metrics.csv"
         if not metrics_csv.is_file():
-            log.info("fold %d: training on %d, holding out %d", i, len(train_part), len(val_part))
-            start = None if init_from is None else _start_weights(Path(init_from) / f"fold{i}")
-            train_entry(name, data, out_dir=fold, val_ids=[s.id for s in val_part], init_from=start, **kwargs)
-            evaluate(name, val_part, fold / "eval", weights=str(fold / "member0.npz"))
+            if not (fold / "member0.npz").is_file():  # written last, atomically, by the trainer
+                log.info("fold %d: training on %d, holding out %d", i, len(train_part), len(val_part))
+                start = None if init_from is None else _start_weights(Path(init_from) / f"fold{i}")
+                train_entry(name, data, out_dir=fold, val_ids=[s.id for s in val_part], init_from=start, **kwargs)
+            evaluate(name, val_part, metrics_csv.parent, weights=str(fold / "member0.npz"), options=options)
         table = pd.read_csv(metrics_csv)
         table.insert(0, "fold", i)
         if group_by:
@@ -118,11 +130,11 @@ def run(name: str, data: str | Path, out: str | Path, *, k: int = 5, seed: int =
             table.insert(2, group_by, table["subject"].map(meta))
         tables.append(table)
     pooled = pd.concat(tables, ignore_index=True)
-    pooled.to_csv(out / "metrics.csv", index=False)
+    pooled.to_csv(out / f"metrics{suffix}.csv", index=False)
     metrics = list(importlib.import_module(registry.ENTRIES[name]).EVAL_COLUMNS)
-    summary = {"entry": name, "k": k, "seed": seed, "group": group, "n_cases": int(len(pooled)),
-               **summarise(pooled, metrics, group_by)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    summary = {"entry": name, "k": k, "seed": seed, "group": group, "options": dict(options or {}),
+               "n_cases": int(len(pooled)), **summarise(pooled, metrics, group_by)}
+    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if final:
         train_final(name, data, out, train_kwargs=kwargs, init_from=init_from)
     return summary
@@ -188,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--final", action="store_true", help="after the folds, train the final model on every subject")
     p.add_argument("--final-only", action="store_true",
                    help="train only the final model (the folds' settings), e.g. in a later session than the folds")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="card option for scoring the held-out folds (e.g. tta=flip_x); use with --tag")
+    p.add_argument("--tag", default=None, help="score into fold*/eval-TAG, metrics-TAG.csv, summary-TAG.json")
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="an earlier crossval folder with the same folds: fold i starts from its fold i model")
     args = p.parse_args(argv)
@@ -206,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(train_final(args.name, args.data, args.out, train_kwargs=kwargs, init_from=args.init_from))
         return 0
     summary = run(args.name, args.data, args.out, k=args.k, seed=args.seed, group=args.group,
-                  group_by=args.group_by, final=args.final, train_kwargs=kwargs, init_from=args.init_from)
+                  group_by=args.group_by, final=args.final, train_kwargs=kwargs, init_from=args.init_from,
+                  options={kv.split("=", 1)[0]: yaml.safe_load(kv.split("=", 1)[1]) for kv in args.option} or None,
+                  tag=args.tag)
     print(json.dumps(summary["pooled"], indent=2))
     return 0
 

@@ -75,10 +75,29 @@ def training_label(label: np.ndarray, affine: np.ndarray, subject) -> np.ndarray
     return (np.rint(np.asarray(label)) > 0).astype(np.uint8)
 
 
+#: Test-time augmentation (card ``inference.tta``, option ``tta``): ``none`` (the paper), or
+#: ``flip_x``: the logits of the window and of its left-right mirror (X, the RAS+ L->R axis)
+#: averaged, at twice the network time (zoo decision; not in the paper).
+TTA_MODES = ("none", "flip_x")
+
+
 def network_probability(model, x: np.ndarray) -> np.ndarray:
     """Brain probability ``(X, Y, Z)`` float32 of the network array ``x`` (``(X, Y, Z)``, the
-    card's window): softmax (channel 1) of the members' mean logits (the fused model)."""
-    logits = np.asarray(model.fused(x[None, ..., None].astype(np.float32), training=False))[0]
+    card's window): softmax (channel 1) of the members' mean logits (the fused model), with the
+    card's test-time augmentation (:data:`TTA_MODES`).
+
+    Raises:
+        CardError: an unknown ``inference.tta``.
+    """
+    tta = model.card["inference"].get("tta", "none")
+    if tta not in TTA_MODES:
+        raise errors.CardError(f"{model.card.id}: inference.tta {tta!r} is not one of {TTA_MODES}")
+    batch = x[None, ..., None].astype(np.float32)
+    if tta == "flip_x":  # the window and its mirror in one call; the mirror's logits mirrored back
+        out = np.asarray(model.fused(np.concatenate([batch, batch[:, ::-1]]), training=False))
+        logits = (out[0] + out[1, ::-1]) / 2.0
+    else:
+        logits = np.asarray(model.fused(batch, training=False))[0]
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return (e[..., 1] / e.sum(axis=-1)).astype(np.float32)
