@@ -1,0 +1,83 @@
+"""Card ``metrics.measured`` rows from a per-case cross-validation table, so a card's figures are
+computed from the table rather than typed, and a test can recompute them.
+
+    python -m zoo.training.card_rows training/results/skull_stripping_cv.csv --metric dsc \\
+        --metric jaccard --metric hd95_mm --by contrast --set variant=head --set split_type=cv \\
+        --set "dataset=..." --set "subset=..." --set "source=..." --set "command=..."
+
+The table is ``metrics.csv`` of :mod:`zoo.training.crossval` (one row per out-of-fold case, the
+metric columns and the ``--by`` column). Each row of the output is the mean over the cases
+(``statistic: mean over the out-of-fold cases``) with its sample SD (ddof 1) and ``n``, pooled
+and then per value of ``--by``; the ``subset`` of a per-value row ends with ``"; <value> only"``
+and the pooled one with ``"; all <by> values"``. Values are rounded to 4 decimals.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+STATISTIC = "mean over the out-of-fold cases"
+
+
+def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any], *,
+         order: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The card rows of ``table`` (a pandas DataFrame, one row per case): for every metric the
+    pooled row, then per value of ``by`` (in ``order``, else sorted) every metric.
+
+    Args:
+        table: per-case table with the ``metrics`` columns (and ``by``).
+        metrics: metric column names (the card's metric names, e.g. ``dsc``, ``hd95_mm``).
+        by: a column to report separately (``contrast``), or None.
+        common: fields every row carries (``split_type``, ``variant``, ``dataset``, ``subset``,
+            ``source``, ``command``...); ``subset`` gets the group suffix.
+        order: the ``by`` values in the card's order.
+    Returns:
+        A list of card metric rows (dicts).
+    Raises:
+        KeyError: a metric or ``by`` column is not in the table.
+    """
+    from zoo.training.crossval import summarise
+
+    summary = summarise(table, metrics, by)
+    groups = [(None, summary["pooled"])]
+    if by:
+        per = summary[f"by_{by}"]
+        groups += [(key, per[key]) for key in (order or sorted(per))]
+    out = []
+    for key, stats in groups:
+        subset = str(common.get("subset", ""))
+        suffix = f"all {by} values" if key is None and by else (f"{key} only" if key is not None else "")
+        for m in metrics:
+            s = stats[m]
+            row = {"name": m, "value": round(s["mean"], 4)}
+            if s["sd"] is not None:
+                row["sd"] = round(s["sd"], 4)
+            row.update({"statistic": STATISTIC, **{k: v for k, v in common.items() if k != "subset"},
+                        "n": s["n"]})
+            if subset or suffix:
+                row["subset"] = "; ".join(part for part in (subset, suffix) if part)
+            out.append(row)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import pandas as pd
+    import yaml
+
+    p = argparse.ArgumentParser(prog="python -m zoo.training.card_rows", description=__doc__.split("\n\n")[0])
+    p.add_argument("table", type=Path, help="per-case metrics.csv of a cross-validation")
+    p.add_argument("--metric", action="append", required=True)
+    p.add_argument("--by", default=None)
+    p.add_argument("--order", action="append", default=None, help="a --by value, in the card's order (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a field of every row")
+    args = p.parse_args(argv)
+    common = dict(kv.split("=", 1) for kv in args.set)
+    for row in rows(pd.read_csv(args.table), args.metric, args.by, common, order=args.order):
+        print("    - " + yaml.safe_dump(row, default_flow_style=True, sort_keys=False, width=10**6).strip())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
