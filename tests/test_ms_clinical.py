@@ -5,7 +5,6 @@ small crops written to ``tmp_path``."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import nibabel as nib
