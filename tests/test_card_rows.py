@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
+from zoo import registry
 from zoo.training import card_rows
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _table():
@@ -29,3 +34,24 @@ def test_pooled_then_per_group_rows_with_mean_sd_and_n():
 def test_unknown_metric_is_a_key_error():
     with pytest.raises(KeyError):
         card_rows.rows(_table(), ["jaccard"], None, {})
+
+
+def test_rows_with_a_table_name_their_cases_and_check_finds_a_typed_number(tmp_path):
+    (tmp_path / "training" / "results").mkdir(parents=True)
+    _table().to_csv(tmp_path / "training" / "results" / "t.csv", index=False)
+    rows = card_rows.rows(_table(), ["dsc"], "contrast", {"table": "training/results/t.csv"})
+    assert "cases" not in rows[0] and rows[1]["cases"] == {"contrast": "flair"}
+    assert all(card_rows.check(r, tmp_path) == [] for r in rows)
+    typed = {**rows[1], "value": 0.93}
+    assert card_rows.check(typed, tmp_path) == [
+        "dsc {'contrast': 'flair'}: value 0.93 in the card, 0.925 from training/results/t.csv"]
+    assert card_rows.check({**rows[0], "n": 4}, tmp_path)
+
+
+def test_every_card_row_that_names_a_table_matches_it():
+    """The committed per-case tables (training/results/) behind the cards' measured rows."""
+    for name in registry.ENTRIES:
+        for row in registry.card(name)["metrics"]["measured"]:
+            if "table" in row:
+                assert (REPO / row["table"]).is_file(), (name, row["table"])
+                assert card_rows.check(row, REPO) == [], name

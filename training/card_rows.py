@@ -9,7 +9,9 @@ The table is ``metrics.csv`` of :mod:`zoo.training.crossval` (one row per out-of
 metric columns and the ``--by`` column). Each row of the output is the mean over the cases
 (``statistic: mean over the out-of-fold cases``) with its sample SD (ddof 1) and ``n``, pooled
 and then per value of ``--by``; the ``subset`` of a per-value row ends with ``"; <value> only"``
-and the pooled one with ``"; all <by> values"``. Values are rounded to 4 decimals.
+and the pooled one with ``"; all <by> values"``. Values are rounded to 4 decimals. With
+``--set table=training/results/NAME.csv`` (the table committed), per-value rows carry
+``cases: {<by>: <value>}`` and :func:`check` recomputes every such card row (tests/test_card_rows.py).
 """
 
 from __future__ import annotations
@@ -58,8 +60,27 @@ def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any
                         "n": s["n"]})
             if subset or suffix:
                 row["subset"] = "; ".join(part for part in (subset, suffix) if part)
+            if key is not None and "table" in common:
+                row["cases"] = {by: key}
             out.append(row)
     return out
+
+
+def check(row: Mapping[str, Any], root: Path) -> list[str]:
+    """Recompute a card row that names its ``table`` (relative to the repository ``root``):
+    the mean, SD and n of the row's metric over the row's ``cases``. Returns the differences
+    (empty when the row matches to its 4 decimals)."""
+    import pandas as pd
+
+    table = pd.read_csv(root / row["table"])
+    for column, value in (row.get("cases") or {}).items():
+        table = table[table[column].astype(str) == str(value)]
+    values = table[row["name"]].astype(float).dropna()
+    found = {"value": round(float(values.mean()), 4), "n": int(len(values))}
+    if len(values) > 1:
+        found["sd"] = round(float(values.std(ddof=1)), 4)
+    return [f"{row['name']} {row.get('cases') or 'all'}: {k} {row.get(k)} in the card, {v} from {row['table']}"
+            for k, v in found.items() if row.get(k) != v]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
