@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Iterable, Iterator
 
 _HEAD = """
 import json, resource, statistics, sys, time
@@ -38,3 +39,32 @@ def run_timed(setup: str, cfg: dict) -> dict:
     code = _HEAD + setup + _TIMED
     out = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def native_mixed(device: str, cpu_bf16: bool) -> str | None:
+    """The mixed precision that is native on ``device``: ``mixed_float16`` on a GPU,
+    ``mixed_bfloat16`` on a CPU with AVX512-BF16/AMX, else None (it would be emulated)."""
+    if device == "GPU":
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_bf16 else None
+
+
+def measured_precisions(requested: Iterable[str], device: Callable[[], str], cpu_bf16: bool,
+                        skipped: Callable[[str], None] = print) -> Iterator[str]:
+    """The precisions a cost benchmark times, in the order requested: ``float32`` as is;
+    ``native`` resolved by :func:`native_mixed` (dropped where there is none); any other mixed
+    policy only where it is the native one (else ``skipped`` gets a one-line reason).
+    ``device()`` returns "CPU" or "GPU"; it is called before each mixed policy is resolved, so
+    the caller can answer from its last timed run and measure only when it has none."""
+    for policy in requested:
+        if policy != "float32":
+            here = device()
+            native = native_mixed(here, cpu_bf16)
+            if policy == "native":
+                if native is None:
+                    continue
+                policy = native
+            elif policy != native:
+                skipped(f"{policy} not measured: not native on this {here}")
+                continue
+        yield policy

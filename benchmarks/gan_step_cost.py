@@ -25,7 +25,7 @@ import argparse
 import json
 import os
 
-from _timed_steps import run_timed
+from _timed_steps import measured_precisions, run_timed
 
 SETUP = r"""
 if cfg["policy"] != "float32":
@@ -51,8 +51,6 @@ def bf16_supported() -> bool:
 
 
 def main() -> None:
-    from train_throughput import native_mixed
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=5, help="aligned pairs per step (recipe: 5)")
     ap.add_argument("--size", type=int, default=128, help="square patch side, multiple of 16 (240 = whole slices)")
@@ -68,27 +66,20 @@ def main() -> None:
     print(f"bfloat16 in hardware (AVX512-BF16/AMX): {cpu_bf16}; {cores} CPU cores; "
           f"load average {os.getloadavg()[0]:.1f}")
     base = {"batch": args.batch, "size": args.size, "steps": args.steps}
-    rows, device = [], None
-    for policy in args.precision or ["float32", "native"]:
-        if policy != "float32":
-            if device is None:  # learn the device from a one-step float32 run
-                device = run_timed(SETUP, {**base, "policy": "float32", "steps": 1})["device"]
-            native = native_mixed(device, cpu_bf16)
-            if policy == "native":
-                if native is None:
-                    continue
-                policy = native
-            elif policy != native:
-                print(f"{policy} not measured: not native on this {device}")
-                continue
+    rows, last = [], {}
+
+    def device() -> str:  # from the last timed run, else a one-step float32 run
+        return last.get("device") or run_timed(SETUP, {**base, "policy": "float32", "steps": 1})["device"]
+
+    for policy in measured_precisions(args.precision or ["float32", "native"], device, cpu_bf16):
         r = run_timed(SETUP, {**base, "policy": policy})
-        device = r["device"]
-        idle = r["step_s"] if device == "GPU" else r["cpu_s"] / cores
-        rows.append({"precision": policy, "device": device, "step_s": r["step_s"], "cpu_s": r["cpu_s"],
+        last["device"] = r["device"]
+        idle = r["step_s"] if r["device"] == "GPU" else r["cpu_s"] / cores
+        rows.append({"precision": policy, "device": r["device"], "step_s": r["step_s"], "cpu_s": r["cpu_s"],
                      "peak_mib": r["peak_mib"], "total_h": r["step_s"] * args.total_steps / 3600,
                      "idle_h": idle * args.total_steps / 3600})
         print(f"{policy}: {r['step_s']:.2f} s per step measured ({r['cpu_s']:.2f} CPU s, {idle:.2f} s on {cores} idle "
-              f"cores; batch {args.batch}, {args.size}x{args.size}, {device}, peak {r['peak_mib']:.0f} MiB); "
+              f"cores; batch {args.batch}, {args.size}x{args.size}, {r['device']}, peak {r['peak_mib']:.0f} MiB); "
               f"{args.total_steps} steps: {r['step_s'] * args.total_steps / 3600:.1f} h measured, "
               f"{idle * args.total_steps / 3600:.1f} h idle")
     best = min(rows, key=lambda row: row["step_s"])["precision"] if rows else "float32"

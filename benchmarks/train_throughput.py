@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _timed_steps import run_timed
+from _timed_steps import measured_precisions, run_timed
 
 SETUP = r"""
 if cfg["policy"] != "float32":
@@ -67,14 +67,6 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def native_mixed(device: str, cpu_bf16: bool) -> str | None:
-    """The mixed precision that is native on ``device``: ``mixed_float16`` on a GPU,
-    ``mixed_bfloat16`` on a CPU with AVX512-BF16/AMX, else None (it would be emulated)."""
-    if device == "GPU":
-        return "mixed_float16"
-    return "mixed_bfloat16" if cpu_bf16 else None
-
-
 def campaign(args: argparse.Namespace) -> dict:
     """Print the step cost per variant and precision and the campaign's total (module
     docstring); returns ``{"best_precision", "bf16_in_hardware", "rows"}``.
@@ -94,21 +86,15 @@ def campaign(args: argparse.Namespace) -> dict:
     totals: dict[str, list[float]] = {}
     for variant, channels in (("flair_t1", 2), ("flair", 1)):
         base = {"batch": args.batch, "steps": args.steps, "size": args.size, "channels": channels}
-        device = None
-        for policy in args.precision or ["float32", "native"]:
-            if policy != "float32":
-                if device is None:  # the device is known after the first run; measure float32 first
-                    device = run({**base, "policy": "float32", "steps": 1})["device"]
-                native = native_mixed(device, cpu_bf16)
-                if policy == "native":
-                    if native is None:
-                        continue
-                    policy = native
-                elif policy != native:
-                    print(f"  {variant}: {policy} not measured: not native on this {device}")
-                    continue
+        last: dict = {}
+
+        def device() -> str:  # from this variant's last timed run, else a one-step float32 run
+            return last.get("device") or run({**base, "policy": "float32", "steps": 1})["device"]
+
+        for policy in measured_precisions(args.precision or ["float32", "native"], device, cpu_bf16,
+                                          lambda why: print(f"  {variant}: {why}")):
             r = run({**base, "policy": policy})
-            device = r["device"]
+            last["device"] = r["device"]
             cost = r["step_s"] * args.campaign_steps * runs
             idle = r.get("cpu_s", r["step_s"]) / cores if r["device"] == "CPU" else r["step_s"]
             idle_cost = idle * args.campaign_steps * runs
