@@ -204,3 +204,38 @@ def test_weights_load_paths(tmp_path, mni_slab, monkeypatch):
         zoo.load("wmh_ensemble", variant="flair", weights=str(tmp_path / "member0.npz"))
     with pytest.raises(errors.WeightsNotAvailableError):
         zoo.load("wmh_ensemble", variant="flair", weights=str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("apply_mask", [True, False])
+def test_apply_mask_hides_everything_outside_the_brain_mask(mni_slab, apply_mask):
+    """apply_mask=true: what lies outside the brain mask (skull, fat) cannot reach the network;
+    false: the mask gives only the z-score statistics, so the outside does reach it."""
+    from zoo import registry
+    from zoo.entries.wmh_ensemble import pipeline
+    from zoo.io import Volume, read_volume
+
+    card = registry.card("wmh_ensemble").with_options({"apply_mask": apply_mask})
+    fl = read_volume(str(mni_slab["flair"]), "flair")
+    inside = np.zeros(fl.shape, bool)
+    inside[40:140, 50:170, :] = True
+    head = np.where(inside, fl.array, np.random.default_rng(0).uniform(0, 500, fl.shape)).astype(np.float32)
+    pipe = pipeline(card, "flair")
+    mask = Volume(inside.astype(np.uint8), fl.affine, fl.header)
+    a, _ = pipe.apply({"flair": fl, "brain_mask": mask})
+    b, _ = pipe.apply({"flair": Volume(head, fl.affine, fl.header), "brain_mask": mask})
+    assert np.array_equal(a, b) == apply_mask
+
+
+def test_apply_mask_is_a_trained_option(tmp_path):
+    """Weights trained with apply_mask record it; zoo.load uses it and refuses the other value."""
+    import json
+
+    m = zoo.load("wmh_ensemble", variant="flair", weights=None)
+    for i, member in enumerate(m.models):
+        weights.save_weights(member, tmp_path / f"member{i}.npz")
+    (tmp_path / "run_record.json").write_text(json.dumps(
+        {"entry": "wmh_ensemble", "trained_options": {"apply_mask": True}}))
+    loaded = zoo.load("wmh_ensemble", variant="flair", weights=str(tmp_path))
+    assert loaded.card.option_value("apply_mask") is True
+    with pytest.raises(errors.OptionMismatchError, match="apply_mask"):
+        zoo.load("wmh_ensemble", variant="flair", weights=str(tmp_path), options={"apply_mask": False})

@@ -21,6 +21,9 @@
 # weights load into the 200x200 model), BATCH (>= 24), EPOCHS x STEPS_PER_EPOCH (>= 1,000 steps),
 # PRECISION (auto: float32, or mixed_bfloat16 where the CPU has AVX512-BF16/AMX and the benchmark
 # measures it cheaper; or float32 | mixed_bfloat16 | mixed_float16 (a GPU) as given),
+# OPTIONS (card options of training and evaluation, space-separated KEY=VALUE; default
+# "apply_mask=true mask_method=skull_stripping": every input is zeroed outside its brain mask, the
+# given one, else the skull_stripping entry's, so MNI and clinical heads reach the network alike),
 # MASK_DIR (brain masks for the clinical subjects that have none, <dir>/<id>/brain_mask.nii.gz; default:
 # $OUT/masks, written by the shipped skull_stripping weights, stage 0b).
 set -euo pipefail
@@ -55,8 +58,11 @@ fi
 PRECISION=$(chosen_precision "$PRECISION" "$OUT/cost.json")
 echo "== $(date -u +%FT%TZ) precision: $PRECISION"
 mp=(); [ "$PRECISION" != float32 ] && mp=(--mixed-precision "$PRECISION")
+OPTIONS=${OPTIONS-apply_mask=true mask_method=skull_stripping}
+opts=(); for o in $OPTIONS; do opts+=(--option "$o"); done
+echo "== card options: ${OPTIONS:-none}"
 common=(--batch-size "$BATCH" --epochs "$EPOCHS" --steps-per-epoch "$STEPS_PER_EPOCH"
-        --set "data.patch_size=$PATCH" "${mp[@]}")
+        --set "data.patch_size=$PATCH" "${mp[@]}" "${opts[@]}")
 
 # 0b. brain masks for the clinical subjects that have none (neither the source's nor a silver mask
 # in heads/: 104252 and 105074), made by the shipped skull_stripping weights, unless MASK_DIR is set
@@ -103,7 +109,7 @@ for variant in flair_t1 flair; do
     if [ ! -f "$OUT/eval/$variant/fold$k/metrics.csv" ]; then
       echo "== $(date -u +%FT%TZ) evaluate $variant fold$k"
       $ZOO evaluate wmh_ensemble --data "$OUT/subjects_$variant.csv" --variant "$variant" --weights "$run" \
-          --option n_members=1 "${subj[@]}" --overlays -o "$OUT/eval/$variant/fold$k"
+          --option n_members=1 "${opts[@]}" "${subj[@]}" --overlays -o "$OUT/eval/$variant/fold$k"
     fi
   done
   $PY training/campaigns/wmh_issue20_pool.py --subjects "$OUT/subjects_$variant.csv" \

@@ -30,6 +30,10 @@ from zoo.prediction import Prediction
 
 ID = "wmh_ensemble"
 
+#: Card options that set what the network sees without changing its variables: weights record
+#: them (zoo.trained_options) and must predict with them (apply_mask: skull-stripped inputs).
+WEIGHTS_OPTIONS = ("apply_mask",)
+
 #: Per-case metric columns of ``zoo evaluate`` (specs/metrics.md §1-§5 names).
 EVAL_COLUMNS = ("dsc", "h95_wmh_mm", "abs_vol_diff_pct", "lesion_recall", "lesion_f1")
 
