@@ -48,6 +48,20 @@ def test_rows_with_a_table_name_their_cases_and_check_finds_a_typed_number(tmp_p
     assert card_rows.check({**rows[0], "n": 4}, tmp_path)
 
 
+def test_where_keeps_one_variant_and_every_row_names_it(tmp_path):
+    (tmp_path / "training" / "results").mkdir(parents=True)
+    table = pd.concat([_table().assign(variant="flair_t1"), _table().assign(variant="flair", dsc=[0.1, 0.2, 0.3])])
+    table.to_csv(tmp_path / "training" / "results" / "t.csv", index=False)
+    rows = card_rows.rows(table, ["dsc"], "contrast", {"table": "training/results/t.csv"}, where={"variant": "flair"})
+    assert [r["cases"] for r in rows] == [{"variant": "flair"}, {"variant": "flair", "contrast": "flair"},
+                                          {"variant": "flair", "contrast": "t1w"}]
+    assert rows[0]["value"] == pytest.approx(0.2) and rows[0]["n"] == 3
+    assert all(card_rows.check(r, tmp_path) == [] for r in rows)
+    assert card_rows.check({**rows[0], "cases": {}}, tmp_path)  # both variants pooled: n 6, not 3
+    with pytest.raises(ValueError, match="no case"):
+        card_rows.rows(table, ["dsc"], None, {}, where={"variant": "t1"})
+
+
 def test_every_card_row_that_names_a_table_matches_it():
     """The committed per-case tables (training/results/) behind the cards' measured rows."""
     for name in registry.ENTRIES:

@@ -12,6 +12,8 @@ and then per value of ``--by``; the ``subset`` of a per-value row ends with ``";
 and the pooled one with ``"; all <by> values"``. Values are rounded to 4 decimals. With
 ``--set table=training/results/NAME.csv`` (the table committed), per-value rows carry
 ``cases: {<by>: <value>}`` and :func:`check` recomputes every such card row (tests/test_card_rows.py).
+``--where COLUMN=VALUE`` (repeatable) keeps the cases with that value first (one table holding
+several variants: ``--where variant=flair_t1``); every row's ``cases`` then names it too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ STATISTIC = "mean over the out-of-fold cases"
 
 
 def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any], *,
-         order: Sequence[str] | None = None) -> list[dict[str, Any]]:
+         order: Sequence[str] | None = None, where: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The card rows of ``table`` (a pandas DataFrame, one row per case): for every metric the
     pooled row, then per value of ``by`` (in ``order``, else sorted) every metric.
 
@@ -35,12 +37,21 @@ def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any
         common: fields every row carries (``split_type``, ``variant``, ``dataset``, ``subset``,
             ``source``, ``command``...); ``subset`` gets the group suffix.
         order: the ``by`` values in the card's order.
+        where: ``{column: value}`` the cases must have (compared as text); with ``table`` in
+            ``common`` every row's ``cases`` carries it.
     Returns:
         A list of card metric rows (dicts).
     Raises:
-        KeyError: a metric or ``by`` column is not in the table.
+        KeyError: a metric, ``by`` or ``where`` column is not in the table.
+        ValueError: no case is left after ``where``.
     """
     from zoo.training.crossval import summarise
+
+    where = {k: str(v) for k, v in (where or {}).items()}
+    for column, value in where.items():
+        table = table[table[column].astype(str) == value]
+    if where and table.empty:
+        raise ValueError(f"no case has {where}")
 
     summary = summarise(table, metrics, by)
     groups = [(None, summary["pooled"])]
@@ -60,8 +71,8 @@ def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any
                         "n": s["n"]})
             if subset or suffix:
                 row["subset"] = "; ".join(part for part in (subset, suffix) if part)
-            if key is not None and "table" in common:
-                row["cases"] = {by: key}
+            if "table" in common and (key is not None or where):
+                row["cases"] = {**where, **({by: key} if key is not None else {})}
             out.append(row)
     return out
 
@@ -93,9 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--by", default=None)
     p.add_argument("--order", action="append", default=None, help="a --by value, in the card's order (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a field of every row")
+    p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="keep only the cases with this value (repeatable)")
     args = p.parse_args(argv)
     common = dict(kv.split("=", 1) for kv in args.set)
-    for row in rows(pd.read_csv(args.table), args.metric, args.by, common, order=args.order):
+    where = dict(kv.split("=", 1) for kv in args.where)
+    for row in rows(pd.read_csv(args.table), args.metric, args.by, common, order=args.order, where=where):
         print("    - " + yaml.safe_dump(row, default_flow_style=True, sort_keys=False, width=10**6).strip())
     return 0
 

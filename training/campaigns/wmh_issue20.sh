@@ -13,7 +13,8 @@
 #      the campaign trains in the cheapest (training/campaigns/precision.sh)
 #   1. prepare: subject CSVs per variant + 5-fold manifest (training/campaigns/wmh_issue20_prepare.py)
 #   2. CV: per variant and fold, one member (seed 0) on the other folds' subjects, validated on the fold
-#   3. evaluate every fold on its held-out subjects (zoo evaluate, overlays), pool per site
+#   3. evaluate every fold on its held-out subjects (zoo evaluate, overlays), pool per site into
+#      $OUT/cv_subjects.csv (both variants; commit it as training/results/wmh_ensemble_cv.csv)
 #   4. final: 3 members per variant on all subjects, one process per member (seeds 0, 1, 2),
 #      assembled into runs/issue20/final/<variant>/member{0,1,2}.npz for the card
 #
@@ -113,7 +114,8 @@ for variant in flair_t1 flair; do
     fi
   done
   $PY training/campaigns/wmh_issue20_pool.py --subjects "$OUT/subjects_$variant.csv" \
-      "$OUT"/eval/"$variant"/fold*/metrics.csv --json "$OUT/cv_$variant.json" | tee "$OUT/cv_$variant.txt"
+      "$OUT"/eval/"$variant"/fold*/metrics.csv --json "$OUT/cv_$variant.json" \
+      --table-out "$OUT/cv_subjects.csv" --variant "$variant" | tee "$OUT/cv_$variant.txt"
 done
 
 # 4. final members on all subjects (one process per member, so a finished member is never redone)

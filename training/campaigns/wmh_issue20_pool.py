@@ -4,7 +4,12 @@ and over all subjects, with the predicted-to-reference lesion volume ratio and t
 subjects within a factor of 1.5 (the issue's target).
 
     python training/campaigns/wmh_issue20_pool.py --subjects runs/issue20/subjects_flair.csv \
-        runs/issue20/eval/flair/fold*/metrics.csv [--json runs/issue20/cv_flair.json]
+        runs/issue20/eval/flair/fold*/metrics.csv [--json runs/issue20/cv_flair.json] \
+        [--table-out training/results/wmh_ensemble_cv.csv --variant flair]
+
+``--table-out`` keeps the per-subject rows in one CSV for both variants (the variant's earlier
+rows replaced), the table the card's measured rows are computed from (``zoo.training.card_rows
+--where variant=flair --by site``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import pandas as pd
 from zoo.io import read_volume
 
 METRICS = ("dsc", "h95_wmh_mm", "abs_vol_diff_pct", "lesion_recall", "lesion_f1")
+#: Columns of the committed per-subject table (--table-out).
+TABLE_COLUMNS = ("variant", "fold", "subject", "site", *METRICS, "volume_ml", "reference_ml", "volume_ratio")
 
 
 def reference_ml(label: str) -> float:
@@ -60,12 +67,29 @@ def pool(subjects_csv: Path, tables: list[Path]) -> tuple[pd.DataFrame, dict]:
     return table, summary
 
 
+def write_table(table: pd.DataFrame, variant: str, path: Path) -> pd.DataFrame:
+    """Put ``variant``'s per-subject rows into the CSV at ``path`` (its other variants' rows kept,
+    this variant's earlier rows replaced), written atomically; returns the whole table."""
+    rows = table.assign(variant=variant)[list(TABLE_COLUMNS)]
+    if path.is_file():
+        old = pd.read_csv(path, dtype={"subject": str})
+        rows = pd.concat([old[old["variant"] != variant], rows], ignore_index=True)
+    tmp = path.with_name(path.name + ".tmp")
+    rows.round(6).to_csv(tmp, index=False)
+    tmp.replace(path)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=Path, required=True, help="the variant's subjects CSV")
     ap.add_argument("tables", type=Path, nargs="+", help="metrics.csv of every fold")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--table-out", type=Path, default=None, help="per-subject CSV of both variants (with --variant)")
+    ap.add_argument("--variant", default=None, help="the variant of these tables (flair_t1 | flair)")
     args = ap.parse_args()
+    if args.table_out and not args.variant:
+        ap.error("--table-out needs --variant")
     table, summary = pool(args.subjects, args.tables)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table[["fold", "subject", "site", "dsc", "h95_wmh_mm", "lesion_recall", "lesion_f1",
@@ -75,6 +99,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"cases": table.to_dict("records"), "summary": summary},
                                         indent=2, default=str) + "\n")
+    if args.table_out:
+        write_table(table, args.variant, args.table_out)
 
 
 if __name__ == "__main__":
