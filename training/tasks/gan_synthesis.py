@@ -340,20 +340,22 @@ class DiamondGANTrainer(keras.Model):
         present = code[None, None, None, :] * avail[:, None, None, :]
         s = tf.where(present > 0, s_full, -tf.ones_like(s_full))
         cond = tf.broadcast_to(tf.constant(self.conditions[k]), (tf.shape(s)[0], *self.conditions.shape[1:]))
-        fake_t = self.g1({"sources": s, "condition": cond}, training=True)
-        fake_s = self.g2({"sources": t3, "condition": cond}, training=True)
-        pooled_s = self.pool_s.query(tf.stop_gradient(fake_s))
-        pooled_t = self.pool_t.query(tf.stop_gradient(fake_t))
-        r = self.real_label
-        ds_loss = (self._d_step(self.d_s, self.ds_optimizer, s, r, w)
-                   + self._d_step(self.d_s, self.ds_optimizer, pooled_s, 0.0, w))
-        dt_loss = (self._d_step(self.d_t, self.dt_optimizer, t3, r, w)
-                   + self._d_step(self.d_t, self.dt_optimizer, pooled_t, 0.0, w))
         g_vars = self.g1.trainable_variables + self.g2.trainable_variables
         scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+        r = self.real_label
         with tf.GradientTape() as tape:
+            # one forward pass of G1 and G2 serves the discriminator updates (as constants, through
+            # the pools) and the generator loss: G is not updated in between, so this equals
+            # computing the fakes twice (spec §7 order: D_S, D_T, then G1+G2)
             fake_t = self.g1({"sources": s, "condition": cond}, training=True)
             fake_s = self.g2({"sources": t3, "condition": cond}, training=True)
+            with tape.stop_recording():
+                pooled_s = self.pool_s.query(tf.stop_gradient(fake_s))
+                pooled_t = self.pool_t.query(tf.stop_gradient(fake_t))
+                ds_loss = (self._d_step(self.d_s, self.ds_optimizer, s, r, w)
+                           + self._d_step(self.d_s, self.ds_optimizer, pooled_s, 0.0, w))
+                dt_loss = (self._d_step(self.d_t, self.dt_optimizer, t3, r, w)
+                           + self._d_step(self.d_t, self.dt_optimizer, pooled_t, 0.0, w))
             cyc_s = self.g2({"sources": fake_t, "condition": cond}, training=True)
             cyc_t = self.g1({"sources": fake_s, "condition": cond}, training=True)
             total, cyc, adv = generator_loss(s, t3, cyc_s, cyc_t, self.d_s(fake_s, training=False),
