@@ -25,6 +25,8 @@
 # OPTIONS (card options of training and evaluation, space-separated KEY=VALUE; default
 # "apply_mask=true mask_method=skull_stripping": every input is zeroed outside its brain mask, the
 # given one, else the skull_stripping entry's, so MNI and clinical heads reach the network alike),
+# VARIANTS (default "flair_t1 flair") and STAGES (default "cv final"): the variants and stages to run,
+# e.g. STAGES=final on another session's machine once the CV table is committed,
 # MASK_DIR (brain masks for the clinical subjects that have none, <dir>/<id>/brain_mask.nii.gz; default:
 # $OUT/masks, written by the shipped skull_stripping weights, stage 0b).
 set -euo pipefail
@@ -35,6 +37,8 @@ BATCH=${BATCH:-24}
 EPOCHS=${EPOCHS:-10}
 STEPS_PER_EPOCH=${STEPS_PER_EPOCH:-100}
 FOLDS=${FOLDS:-5}
+VARIANTS=${VARIANTS:-flair_t1 flair}
+STAGES=${STAGES:-cv final}
 PRECISION=${PRECISION:-auto}
 ZOO=${ZOO:-python -m zoo.cli}
 PY=${PY:-python}
@@ -96,7 +100,8 @@ EOF
 }
 
 # 2 + 3. cross-validation, one member per fold
-for variant in flair_t1 flair; do
+for variant in $VARIANTS; do
+  [[ " $STAGES " == *" cv "* ]] || break
   for k in $(seq 0 $((FOLDS - 1))); do
     run="$OUT/cv/$variant/fold$k"
     ids=$(val_ids "$variant" "$k")
@@ -119,7 +124,8 @@ for variant in flair_t1 flair; do
 done
 
 # 4. final members on all subjects (one process per member, so a finished member is never redone)
-for variant in flair_t1 flair; do
+for variant in $VARIANTS; do
+  [[ " $STAGES " == *" final "* ]] || break
   for m in 0 1 2; do
     run="$OUT/final/$variant/run_member$m"
     if [ ! -f "$OUT/final/$variant/member$m.npz" ]; then
