@@ -48,8 +48,7 @@ def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any
     from zoo.training.crossval import summarise
 
     where = {k: str(v) for k, v in (where or {}).items()}
-    for column, value in where.items():
-        table = table[table[column].astype(str) == value]
+    table = _cases(table, where)
     if where and table.empty:
         raise ValueError(f"no case has {where}")
 
@@ -77,15 +76,20 @@ def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any
     return out
 
 
+def _cases(table, cases: Mapping[str, Any]):
+    """The rows of ``table`` whose columns hold the values of ``cases`` (compared as text)."""
+    for column, value in cases.items():
+        table = table[table[column].astype(str) == str(value)]
+    return table
+
+
 def check(row: Mapping[str, Any], root: Path) -> list[str]:
     """Recompute a card row that names its ``table`` (relative to the repository ``root``):
     the mean, SD and n of the row's metric over the row's ``cases``. Returns the differences
     (empty when the row matches to its 4 decimals)."""
     import pandas as pd
 
-    table = pd.read_csv(root / row["table"])
-    for column, value in (row.get("cases") or {}).items():
-        table = table[table[column].astype(str) == str(value)]
+    table = _cases(pd.read_csv(root / row["table"]), row.get("cases") or {})
     values = table[row["name"]].astype(float).dropna()
     found = {"value": round(float(values.mean()), 4), "n": int(len(values))}
     if len(values) > 1:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo.io import read_volume
+from zoo.io import atomic_write_text, read_volume
 
 METRICS = ("dsc", "h95_wmh_mm", "abs_vol_diff_pct", "lesion_recall", "lesion_f1")
 #: Columns of the committed per-subject table (--table-out).
@@ -74,9 +74,7 @@ def write_table(table: pd.DataFrame, variant: str, path: Path) -> pd.DataFrame:
     if path.is_file():
         old = pd.read_csv(path, dtype={"subject": str})
         rows = pd.concat([old[old["variant"] != variant], rows], ignore_index=True)
-    tmp = path.with_name(path.name + ".tmp")
-    rows.round(6).to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write_text(path, rows.round(6).to_csv(index=False))
     return rows
 
 
