@@ -319,6 +319,29 @@ def test_chained_mask_is_used_applied_and_recorded(monkeypatch):
     assert abs(float(inside.mean())) < 1e-4 and float(inside.std()) == pytest.approx(1.0, rel=1e-3)
 
 
+def test_chained_mask_outside_the_signal_is_a_no_head_error(monkeypatch):
+    """A skull_stripping mask that holds none of the reference's signal (what the whole-head
+    model gives on a slab of a few slices) is a NoHeadError naming the way out, not a z-score
+    failure; a mask that overlaps the signal passes."""
+    from zoo.entries import skull_stripping as entry
+    from zoo.preprocessing.pipeline import SlicePipeline
+
+    arr, inner = _head(shape=(40, 40, 12), centre=(20, 20, 6), radius=(16, 16, 8))
+    arr[0:3] = 0  # a background strip the wrong mask falls on
+    outside = np.zeros_like(inner)
+    outside[0:3] = True
+    monkeypatch.setattr(entry, "brain_mask_for", lambda volume, options=None, weights="default": (
+        outside.copy(), {"brain_ml": 0.4, "flags": ["brain_volume_implausible: 0 mL"]}))
+    steps = [{"step": "brain_mask", "method": "skull_stripping", "apply_given": True}, {"step": "zscore"},
+             {"step": "slices", "axis": 2}]
+    with pytest.raises(errors.NoHeadError, match="whole-head model.*mask_method=nonzero") as info:
+        SlicePipeline(steps, ["flair"]).apply({"flair": _volume(arr)})
+    assert "brain_volume_implausible" in str(info.value)
+    monkeypatch.setattr(entry, "brain_mask_for", lambda volume, options=None, weights="default": (
+        inner.copy(), {"brain_ml": 1.0}))
+    SlicePipeline(steps, ["flair"]).apply({"flair": _volume(arr)})
+
+
 def test_mask_cleaned_on_the_network_grid_equals_the_input_grid_rule():
     """mask_on_input_grid (cleaning on the 160 x 160 x 92 grid) gives the mask of the old rule
     (threshold, largest component and holes on the input grid) for a brain with a hole, a

@@ -54,6 +54,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from zoo import errors
 from zoo.io import Volume
 from zoo.preprocessing import brainmask
 from zoo.preprocessing.cropping import CenterCropPad
@@ -190,6 +191,7 @@ class SlicePipeline:
             from zoo.entries.skull_stripping import brain_mask_for
 
             mask, state.mask_record = brain_mask_for(ref, weights=mask_step.get("mask_weights", "default"))
+            _check_chained_mask(mask, data[self.channels[0]], state.mask_record, ref.source)
         spacing = ref.spacing
         sources = {name: volumes[name].source for name in self.channels}
         for step in steps:
@@ -401,6 +403,25 @@ def com_window(array: np.ndarray, size) -> tuple[tuple[int, int], ...]:
         centre = (int(n) - 1) // 2
         window.append((max(c - centre, 0), min(c - centre + int(n), x.shape[axis])))
     return tuple(window)
+
+
+def _check_chained_mask(mask: np.ndarray, reference: np.ndarray, record: Mapping[str, Any], source: str) -> None:
+    """Refuse a ``mask_method=skull_stripping`` brain mask that holds none of the reference's
+    signal: the whole-head model found no brain (a scan that does not cover the head, e.g. a slab
+    of a few slices, gives an empty or misplaced mask), so the z-score inside it cannot work.
+
+    Args:
+        mask: bool ``(I, J, K)`` brain mask on the reference grid; reference: its ``(I, J, K)`` array.
+        record: the skull_stripping record (brain volume in mL, QC flags); source: the input's name.
+    Raises:
+        NoHeadError: no voxel of the mask is non-zero in the reference.
+    """
+    if not np.any(mask & (reference != 0)):
+        flags = "; ".join(record.get("flags", [])) or "no flags"
+        raise errors.NoHeadError(
+            f"{source}: the brain mask of the skull_stripping entry ({record.get('brain_ml', 0.0):.1f} mL; "
+            f"{flags}) holds none of the image's signal. skull_stripping is a whole-head model: give a "
+            "scan that covers the head, a brain_mask input, or mask_method=nonzero for a skull-stripped scan")
 
 
 def _reoriented_spacing(spacing: np.ndarray, r: Reorientation) -> np.ndarray:
