@@ -141,6 +141,21 @@ def test_dotted_set_nests_and_merges(tmp_path, monkeypatch):
     assert [s.id for s in seen["kwargs"]["val_subjects"]] == ["patient02"]
 
 
+def test_members_is_a_recipe_value_so_one_member_takes_one_seed(tmp_path, monkeypatch):
+    """``zoo train --members 1 --set seeds=[2]`` (one final member per process): the recipe's
+    3 members would ask for 3 seeds; --members sets the recipe's count before that check."""
+    from zoo.training import trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda card, recipe, *a, **kw: seen.update(recipe=recipe) or {"members": []})
+    root = _open_ms_root(tmp_path / "data")
+    run.train_entry("wmh_ensemble", root, variant="flair", out_dir=tmp_path / "run", members=1,
+                    recipe_set={"seeds": [2]})
+    assert seen["recipe"]["members"] == 1 and seen["recipe"]["seeds"] == [2]
+    with pytest.raises(errors.RecipeError, match="3 members need as many seeds"):
+        run.train_entry("wmh_ensemble", root, variant="flair", out_dir=tmp_path / "run2", recipe_set={"seeds": [2]})
+
+
 def test_open_ms_layout_collects_only_the_variant_inputs(tmp_path):
     root = _open_ms_root(tmp_path / "flair_only", with_t1=False)
     subjects = run.load_subjects(root, "auto", ["flair"])

@@ -135,7 +135,10 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
     from zoo.training.trainer import train
 
     data = Path(data)
-    overrides = dotted_overrides(recipe_set, {} if batch_size is None else {"batch_size": int(batch_size)})
+    # --batch-size and --members are recipe values: set before the recipe is checked (a one-member
+    # run with one seed, --members 1 --set seeds=[2], is valid)
+    given = {"batch_size": batch_size, "members": members}
+    overrides = dotted_overrides(recipe_set, {k: int(v) for k, v in given.items() if v is not None})
     rec = load_recipe(recipe or name, variant, overrides)
     detected = detect_layout(data) if layout == "auto" else layout
     layout_opts = {k: v for k, v in LAYOUT_OPTIONS.get(detected, {}).items() if k in registry.card(name)["options"]}

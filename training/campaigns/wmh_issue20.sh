@@ -131,7 +131,7 @@ for variant in $VARIANTS; do
     if [ ! -f "$OUT/final/$variant/member$m.npz" ]; then
       echo "== $(date -u +%FT%TZ) train $variant final member $m"
       $ZOO train wmh_ensemble --data "$OUT/subjects_$variant.csv" --variant "$variant" --members 1 \
-          --set members=1 --set "seeds=[$m]" "${common[@]}" --out "$run"
+          --set "seeds=[$m]" "${common[@]}" --out "$run"
       cp "$run/member0.npz" "$OUT/final/$variant/member$m.npz.tmp"
       mv "$OUT/final/$variant/member$m.npz.tmp" "$OUT/final/$variant/member$m.npz"
     fi
