@@ -441,13 +441,15 @@ def test_align_inputs_resamples_integer_shift_exactly():
 
 
 # --- the card's slice pipeline ---------------------------------------------------------------------
-def _card_steps(method: str = "nonzero"):
+def _card_steps(method: str = "nonzero", apply_given: bool = False):
     """The card's steps at the paper's native in-plane spacing (no resampling), so the expected
-    network-space positions below are exact."""
+    network-space positions below are exact; ``apply_given`` False (the paper: a brain mask only
+    gives the z-score statistics) unless asked, whatever the card's default."""
     steps = copy.deepcopy(ModelCard.bundled("wmh_ensemble")["preprocessing"]["steps"])
     for s in steps:
         if s["step"] == "brain_mask":
             s["method"] = method
+            s["apply_given"] = apply_given
         if s["step"] == "resample_inplane":
             s["spacing_mm"] = None
     return steps
@@ -563,6 +565,11 @@ def test_slice_pipeline_threshold_mask_and_user_mask():
     np.testing.assert_array_equal(state2.masks["flair"], um)
     zu = (flair - flair[um].mean()) / flair[um].std()
     np.testing.assert_allclose(x2[:, 88:112, 90:110, 0], np.transpose(zu, (2, 1, 0)), atol=1e-5)
+    # apply_given (the card's default since 0.4.0): the same statistics, the input zeroed outside
+    pipe = SlicePipeline(_card_steps("threshold", apply_given=True), ["flair"])
+    x3, _ = pipe.apply({"flair": read_volume((flair, A)), "brain_mask": read_volume((user, A))})
+    za = np.where(um, zu, -flair[um].mean() / flair[um].std())
+    np.testing.assert_allclose(x3[:, 88:112, 90:110, 0], np.transpose(za, (2, 1, 0)), atol=1e-5)
 
 
 def test_slice_pipeline_unknown_step():
