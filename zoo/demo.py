@@ -41,7 +41,7 @@ class Demo:
 DEMOS: dict[str, Demo] = {
     "wmh_ensemble": Demo(
         sample="open_ms_mni/patient19", inputs={"flair": "flair", "t1": "t1"}, reference="lesion",
-        note="Ljubljana MS patient 19 (MNI 1 mm); overlay against the consensus lesion mask: true positives green, false positives red, false negatives blue",
+        note="Ljubljana MS patient 19 (MNI 1 mm; a training subject of the shipped weights, not a held-out result: see the card's cross-validation); overlay against the consensus lesion mask: true positives green, false positives red, false negatives blue",
         options={"mask_method": "nonzero"}),
 }
 
