@@ -2,12 +2,14 @@
 that has it, in mixed precision, and the cost of a whole training run.
 
     python benchmarks/gan_step_cost.py [--batch 5] [--size 128] [--steps 3] [--total-steps 4000]
+        [--subset-schedule all|random_one]
         [--precision float32 --precision mixed_bfloat16] [--json cost.json]
 
 One step is one ``DiamondGANTrainer.train_step`` of the recipe (``training/recipes/diamondgan.yaml``)
 on a batch of ``--batch`` aligned pairs of ``--size`` square patches (240 = whole slices): with
-``subset_schedule: all`` it updates D_S and D_T twice and G1+G2 once for each of the 3 input
-subsets of the FLAIR variant. Each ``--precision`` is measured (default: float32 and the native
+``--subset-schedule all`` (the recipe's D10 default) it updates D_S and D_T twice and G1+G2 once
+for each of the 3 input subsets of the FLAIR variant; with ``random_one``, for one subset drawn
+at random. Each ``--precision`` is measured (default: float32 and the native
 mixed precision); a mixed precision runs only where it is native: ``mixed_float16`` on a GPU,
 ``mixed_bfloat16`` on a CPU with AVX512-BF16/AMX (``/proc/cpuinfo``; as
 benchmarks/predict_latency.py); elsewhere it would be emulated and slower. The cheapest is
@@ -34,7 +36,8 @@ from zoo import registry
 from zoo.training.recipe import load_recipe
 from zoo.training.tasks import gan_synthesis as task
 card = registry.card("diamondgan")
-rec = load_recipe("diamondgan", "flair", {"data": {"patch_size": cfg["size"]}, "batch_size": cfg["batch"]})
+rec = load_recipe("diamondgan", "flair", {"data": {"patch_size": cfg["size"]}, "batch_size": cfg["batch"],
+                                          "gan": {"subset_schedule": cfg["schedule"]}})
 _, net = task.build(card, "flair", rec, 0, 0)
 b, s = cfg["batch"], cfg["size"]
 rng = np.random.default_rng(0)
@@ -55,6 +58,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=5, help="aligned pairs per step (recipe: 5)")
     ap.add_argument("--size", type=int, default=128, help="square patch side, multiple of 16 (240 = whole slices)")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--subset-schedule", default="all", choices=["all", "random_one"],
+                    help="recipe gan.subset_schedule (D10): all = the 3 subsets per step, random_one = one")
     ap.add_argument("--total-steps", type=int, default=4000, help="steps of the training run to cost")
     ap.add_argument("--precision", action="append", default=None,
                     choices=["float32", "mixed_bfloat16", "mixed_float16"],
@@ -65,7 +70,7 @@ def main() -> None:
     cpu_bf16 = bf16_supported()
     print(f"bfloat16 in hardware (AVX512-BF16/AMX): {cpu_bf16}; {cores} CPU cores; "
           f"load average {os.getloadavg()[0]:.1f}")
-    base = {"batch": args.batch, "size": args.size, "steps": args.steps}
+    base = {"batch": args.batch, "size": args.size, "steps": args.steps, "schedule": args.subset_schedule}
     rows, last = [], {}
 
     def device() -> str:  # from the last timed run, else a one-step float32 run
@@ -86,7 +91,8 @@ def main() -> None:
     print(f"cheapest precision: {best}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"batch": args.batch, "size": args.size, "total_steps": args.total_steps,
+            json.dump({"batch": args.batch, "size": args.size, "subset_schedule": args.subset_schedule,
+                       "total_steps": args.total_steps,
                        "bf16_in_hardware": cpu_bf16, "best_precision": best, "rows": rows}, fh, indent=2)
 
 

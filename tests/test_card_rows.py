@@ -69,3 +69,9 @@ def test_every_card_row_that_names_a_table_matches_it():
             if "table" in row:
                 assert (REPO / row["table"]).is_file(), (name, row["table"])
                 assert card_rows.check(row, REPO) == [], name
+
+
+def test_statistic_text_is_selectable():
+    rows = card_rows.rows(_table(), ["dsc"], None, {}, statistic="mean over the held-out subjects")
+    assert [r["statistic"] for r in rows] == ["mean over the held-out subjects"]
+    assert card_rows.rows(_table(), ["dsc"], None, {})[0]["statistic"] == card_rows.STATISTIC

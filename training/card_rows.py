@@ -26,7 +26,8 @@ STATISTIC = "mean over the out-of-fold cases"
 
 
 def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any], *,
-         order: Sequence[str] | None = None, where: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+         order: Sequence[str] | None = None, where: Mapping[str, str] | None = None,
+         statistic: str = STATISTIC) -> list[dict[str, Any]]:
     """The card rows of ``table`` (a pandas DataFrame, one row per case): for every metric the
     pooled row, then per value of ``by`` (in ``order``, else sorted) every metric.
 
@@ -39,6 +40,8 @@ def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any
         order: the ``by`` values in the card's order.
         where: ``{column: value}`` the cases must have (compared as text); with ``table`` in
             ``common`` every row's ``cases`` carries it.
+        statistic: the rows' ``statistic`` text (default :data:`STATISTIC`; a held-out table
+            says ``mean over the held-out subjects``).
     Returns:
         A list of card metric rows (dicts).
     Raises:
@@ -66,7 +69,7 @@ def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any
             row = {"name": m, "value": round(s["mean"], 4)}
             if s["sd"] is not None:
                 row["sd"] = round(s["sd"], 4)
-            row.update({"statistic": STATISTIC, **{k: v for k, v in common.items() if k != "subset"},
+            row.update({"statistic": statistic, **{k: v for k, v in common.items() if k != "subset"},
                         "n": s["n"]})
             if subset or suffix:
                 row["subset"] = "; ".join(part for part in (subset, suffix) if part)
@@ -110,10 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a field of every row")
     p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
                    help="keep only the cases with this value (repeatable)")
+    p.add_argument("--statistic", default=STATISTIC, help=f"the rows' statistic (default: {STATISTIC!r})")
     args = p.parse_args(argv)
     common = dict(kv.split("=", 1) for kv in args.set)
     where = dict(kv.split("=", 1) for kv in args.where)
-    for row in rows(pd.read_csv(args.table), args.metric, args.by, common, order=args.order, where=where):
+    for row in rows(pd.read_csv(args.table), args.metric, args.by, common, order=args.order, where=where,
+                     statistic=args.statistic):
         print("    - " + yaml.safe_dump(row, default_flow_style=True, sort_keys=False, width=10**6).strip())
     return 0
 

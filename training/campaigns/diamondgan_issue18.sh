@@ -10,6 +10,8 @@
 # T2 (110218) and one clinical subject with T1 only (105755).
 # Settings (environment): PATCH (square patch side, multiple of 16; 240 = whole slices),
 # EPOCHS x STEPS_PER_EPOCH generator steps (>= 4,000: 100x the 40 steps of the first weights),
+# BATCH (aligned pairs per step; recipe 5), SUBSETS (gan.subset_schedule, D10: all = the 3 input
+# subsets per step, the recipe's default; random_one = one drawn per step, as the first weights),
 # PRECISION (auto: float32, or mixed_bfloat16 where the CPU has AVX512-BF16/AMX and
 # benchmarks/gan_step_cost.py measures it cheaper; or float32 | mixed_bfloat16 | mixed_float16 as given).
 set -euo pipefail
@@ -19,6 +21,8 @@ PATCH=${PATCH:-128}
 EPOCHS=${EPOCHS:-40}
 STEPS_PER_EPOCH=${STEPS_PER_EPOCH:-100}
 PRECISION=${PRECISION:-auto}
+BATCH=${BATCH:-5}
+SUBSETS=${SUBSETS:-all}
 PY=${PY:-python}
 HOLD=(--holdout patient07 --holdout tcga_fg_6692 --holdout 110218 --holdout 105755)
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
@@ -29,7 +33,7 @@ out_abs="$(cd "$OUT" && pwd)"
 source "$(dirname "$0")/precision.sh"
 precision_candidates "$PRECISION"
 if [ ! -f "$OUT/cost.txt" ]; then
-  (cd benchmarks && $PY gan_step_cost.py --batch 5 --size "$PATCH" --steps 3 --total-steps "$steps" \
+  (cd benchmarks && $PY gan_step_cost.py --batch "$BATCH" --size "$PATCH" --steps 3 --subset-schedule "$SUBSETS" --total-steps "$steps" \
       "${candidates[@]}" --json "$out_abs/cost.json") | tee "$OUT/cost.txt.tmp"
   mv "$OUT/cost.txt.tmp" "$OUT/cost.txt"
 else
@@ -41,7 +45,8 @@ mp=(); [ "$PRECISION" != float32 ] && mp=(--mixed-precision "$PRECISION")
 if [ ! -f "$OUT/member0.npz" ]; then
   echo "== $(date -u +%FT%TZ) train ($steps steps)"
   $PY -m zoo.training.synthesis_heldout train --shared "$DATA" "${HOLD[@]}" --out "$OUT" \
-      --epochs "$EPOCHS" --steps-per-epoch "$STEPS_PER_EPOCH" --set "data.patch_size=$PATCH" "${mp[@]}"
+      --epochs "$EPOCHS" --steps-per-epoch "$STEPS_PER_EPOCH" --set "data.patch_size=$PATCH" \
+      --set "batch_size=$BATCH" --set "gan.subset_schedule=$SUBSETS" "${mp[@]}"
 fi
 if [ ! -f "$OUT/eval/results.json" ]; then
   echo "== $(date -u +%FT%TZ) evaluate"
