@@ -167,8 +167,9 @@ def train_entry(name: str, data: str | Path, *, layout: str = "auto", recipe: st
         init = entry.select_start_weights(card, init)
     out = Path(out_dir) if out_dir else Path("runs") / f"{name}-{rec['variant']}"
 
+    # every run_recipe derives from rec (phase_recipe copies it), so --members is already in it
     def run(run_card, run_recipe, run_out, *, init_from=None, epochs=None):
-        return train(run_card, run_recipe, train_subjects, run_out, val_subjects=val, members=members,
+        return train(run_card, run_recipe, train_subjects, run_out, val_subjects=val,
                      epochs=epochs, steps_per_epoch=steps_per_epoch, strategy=strategy,
                      mixed_precision=mixed_precision, init_from=init_from, resample=resample,
                      command=command, verbose=verbose)
