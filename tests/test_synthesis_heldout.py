@@ -135,3 +135,44 @@ def test_evaluate_heldout_end_to_end(shared_data, tmp_path):
         assert methods["linear"]["mae"] < methods["model"]["mae"]
     png = Image.open(tmp_path / "eval" / "110218.png")
     assert png.size[0] >= 6 * 240 and (tmp_path / "eval" / "table.csv").is_file()
+
+
+def _margin_table():
+    import pandas as pd
+
+    rows = []
+    for sid, sub, method, psnr, ssim, mae in (
+            ("a", "t1+t2", "model", 20.0, 0.70, 0.05), ("a", "t1+t2", "linear", 19.0, 0.72, 0.06),
+            ("b", "t1+t2", "model", 18.0, 0.60, 0.07), ("b", "t1+t2", "linear", 18.5, 0.50, 0.06),
+            ("a", "t1", "model", 15.0, 0.40, 0.10), ("a", "t1", "linear", 16.0, 0.45, 0.09)):
+        rows.append({"subject": sid, "subset": sub, "method": method, "psnr_db": psnr, "ssim": ssim, "mae": mae})
+        rows.append({"subject": sid, "subset": sub, "method": "identity", "psnr_db": 10.0, "ssim": 0.1, "mae": 0.3})
+    return pd.DataFrame(rows).drop_duplicates(["subject", "subset", "method"])
+
+
+def test_margins_are_model_minus_baseline_means_with_wins_and_the_release_rule():
+    from zoo.training.synthesis_heldout import margins
+
+    both, t1 = margins(_margin_table(), "linear")
+    assert (both["subset"], both["n"], t1["subset"], t1["n"]) == ("t1+t2", 2, "t1", 1)
+    assert both["psnr_db_model"] == 19.0 and both["psnr_db_linear"] == 18.75 and both["psnr_db_margin"] == 0.25
+    assert both["ssim_margin"] == pytest.approx(0.04) and both["mae_margin"] == 0.0
+    assert (both["psnr_db_wins"], both["ssim_wins"], both["mae_wins"]) == (1, 1, 1)  # lower MAE wins
+    assert both["beats"] is True and t1["beats"] is False
+    assert all(r["beats"] for r in margins(_margin_table(), "identity"))
+    with pytest.raises(ValueError, match="model rows"):
+        margins(_margin_table().iloc[1:], "linear")
+
+
+def test_margins_command_prints_both_baselines(tmp_path, capsys):
+    import json
+
+    from zoo.training.synthesis_heldout import main
+
+    _margin_table().to_csv(tmp_path / "table.csv", index=False)
+    assert main(["margins", str(tmp_path / "table.csv")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["subset"], r["baseline"]) for r in rows] == [("t1+t2", "linear"), ("t1", "linear"),
+                                                             ("t1+t2", "identity"), ("t1", "identity")]
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--weights", str(tmp_path)])  # no --holdout

@@ -7,6 +7,11 @@ same slices (issue 18, spec ``diamondgan.md`` §9, ``metrics.md`` §5).
     python -m zoo.training.synthesis_heldout evaluate --shared ../shared/data \
         --holdout patient07 --holdout tcga_fg_6692 --holdout 110218 \
         --weights runs/diamondgan-i18 -o runs/diamondgan-i18-eval
+    python -m zoo.training.synthesis_heldout margins training/results/diamondgan_heldout.csv
+
+``margins`` prints, per input subset, the model's mean minus each baseline's over the held-out
+subjects (:func:`margins`; issue 18's release rule: the model beats the linear baseline on PSNR
+and SSIM for T1 + T2).
 
 Subjects: :func:`zoo.training.synthesis_data.synthesis_subjects` (MNI, multicontrast and
 clinical; each with the contrasts it has). Every subject goes through the entry's own pipeline
@@ -220,6 +225,51 @@ def evaluate_heldout(shared: str | Path, holdouts: Sequence[str], weights: Any, 
     return record
 
 
+#: Metrics of the table and whether larger is better.
+HIGHER_IS_BETTER = {"psnr_db": True, "ssim": True, "mae": False}
+
+
+def margins(table, baseline: str = "linear") -> list[dict[str, Any]]:
+    """Model minus ``baseline`` per input subset, on the held-out subjects that have the subset.
+
+    Args:
+        table: the evaluation's ``table.csv`` as a pandas DataFrame (one row per subject,
+            subset and method; columns ``psnr_db``, ``ssim``, ``mae``).
+        baseline: ``linear`` or ``identity``.
+    Returns:
+        One dict per subset of :data:`SUBSETS` present in the table, largest first:
+        ``subset``, ``baseline``, ``n`` (subjects), per metric ``<metric>_model``,
+        ``<metric>_<baseline>`` (means over the subjects, 4 decimals), ``<metric>_margin``
+        (model minus baseline; a positive PSNR/SSIM margin and a negative MAE margin favour the
+        model), ``<metric>_wins`` (subjects on which the model is better) and ``beats`` (the model is
+        better on the means of PSNR and SSIM: issue 18's release rule for ``t1+t2``).
+    Raises:
+        KeyError: a metric column is missing.
+        ValueError: a subject has the model's row but not the baseline's (or the reverse).
+    """
+    out = []
+    for sub in SUBSETS:
+        name = "+".join(sub)
+        part = table[table["subset"] == name]
+        if part.empty:
+            continue
+        m = part[part["method"] == "model"].set_index("subject")
+        b = part[part["method"] == baseline].set_index("subject")
+        if set(m.index) != set(b.index):
+            raise ValueError(f"subset {name}: model rows for {sorted(m.index)}, {baseline} rows for {sorted(b.index)}")
+        b = b.loc[m.index]
+        row: dict[str, Any] = {"subset": name, "baseline": baseline, "n": int(len(m))}
+        for metric, higher in HIGHER_IS_BETTER.items():
+            mv, bv = m[metric].astype(float), b[metric].astype(float)
+            row[f"{metric}_model"] = round(float(mv.mean()), 4)
+            row[f"{metric}_{baseline}"] = round(float(bv.mean()), 4)
+            row[f"{metric}_margin"] = round(float(mv.mean() - bv.mean()), 4)
+            row[f"{metric}_wins"] = int(((mv > bv) if higher else (mv < bv)).sum())
+        row["beats"] = bool(row["psnr_db_margin"] > 0 and row["ssim_margin"] > 0)
+        out.append(row)
+    return out
+
+
 def write_panel(path: Path, shown: Mapping[str, Any], channels: Sequence[str], n_rows: int = 3) -> Path:
     """PNG of ``n_rows`` slices (spread over the half of the slices with the most brain) x
     columns T1, T2, real FLAIR, synthetic FLAIR, linear baseline, |synthetic - real| (the error
@@ -278,9 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zoo.training.synthesis_eval import _overrides
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("train", "evaluate"))
+    ap.add_argument("command", choices=("train", "evaluate", "margins"))
+    ap.add_argument("table", nargs="?", default=None, help="margins: the evaluation's table.csv")
     ap.add_argument("--shared", default="../shared/data")
-    ap.add_argument("--holdout", action="append", required=True)
+    ap.add_argument("--holdout", action="append", default=[])
     ap.add_argument("--out", default="runs/diamondgan-i18")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--steps-per-epoch", type=int)
@@ -290,6 +341,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-slices", type=int, default=None)
     ap.add_argument("-o", "--output", default="runs/diamondgan-i18-eval")
     a = ap.parse_args(argv)
+    if a.command == "margins":
+        import pandas as pd
+
+        if not a.table:
+            ap.error("margins needs the evaluation's table.csv")
+        table = pd.read_csv(a.table)
+        for baseline in ("linear", "identity"):
+            for row in margins(table, baseline):
+                print(json.dumps(row))
+        return 0
+    if not a.holdout:
+        ap.error(f"{a.command} needs at least one --holdout")
     command = " ".join(["python -m zoo.training.synthesis_heldout", *(argv if argv is not None else sys.argv[1:])])
     if a.command == "train":
         rec = train(a.shared, a.holdout, a.out, epochs=a.epochs, steps=a.steps_per_epoch,
