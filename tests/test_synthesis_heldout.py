@@ -176,3 +176,18 @@ def test_margins_command_prints_both_baselines(tmp_path, capsys):
                                                              ("t1+t2", "identity"), ("t1", "identity")]
     with pytest.raises(SystemExit):
         main(["evaluate", "--weights", str(tmp_path)])  # no --holdout
+
+
+def test_card_margins_match_the_committed_table():
+    """The diamondgan card's comparisons (model minus baseline per subset) are what
+    :func:`margins` computes from the committed held-out table."""
+    import pandas as pd
+
+    from zoo import registry
+    from zoo.training.synthesis_heldout import margins
+
+    repo = Path(__file__).resolve().parents[1]
+    rows = [r for r in registry.card("diamondgan")["metrics"].get("comparisons", []) if "table" in r]
+    for r in rows:
+        found = {m["subset"]: m for m in margins(pd.read_csv(repo / r["table"]), r["baseline"])}[r["subset"]]
+        assert {k: r[k] for k in found} == found, r["what"]
