@@ -12,6 +12,8 @@
 # EPOCHS x STEPS_PER_EPOCH generator steps (>= 4,000: 100x the 40 steps of the first weights),
 # BATCH (aligned pairs per step; recipe 5), SUBSETS (gan.subset_schedule, D10: all = the 3 input
 # subsets per step, the recipe's default; random_one = one drawn per step, as the first weights),
+# PAIRED (gan.lambda_paired: weight of the paired L1 term |T3 - G1(S)|; 0 = the paper and the
+# released code, the recipe's default; 100 = pix2pix's L1 weight),
 # PRECISION (auto: float32, or mixed_bfloat16 where the CPU has AVX512-BF16/AMX and
 # benchmarks/gan_step_cost.py measures it cheaper; or float32 | mixed_bfloat16 | mixed_float16 as given).
 set -euo pipefail
@@ -23,6 +25,7 @@ STEPS_PER_EPOCH=${STEPS_PER_EPOCH:-100}
 PRECISION=${PRECISION:-auto}
 BATCH=${BATCH:-5}
 SUBSETS=${SUBSETS:-all}
+PAIRED=${PAIRED:-0}
 PY=${PY:-python}
 HOLD=(--holdout patient07 --holdout tcga_fg_6692 --holdout 110218 --holdout 105755)
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
@@ -46,7 +49,7 @@ if [ ! -f "$OUT/member0.npz" ]; then
   echo "== $(date -u +%FT%TZ) train ($steps steps)"
   $PY -m zoo.training.synthesis_heldout train --shared "$DATA" "${HOLD[@]}" --out "$OUT" \
       --epochs "$EPOCHS" --steps-per-epoch "$STEPS_PER_EPOCH" --set "data.patch_size=$PATCH" \
-      --set "batch_size=$BATCH" --set "gan.subset_schedule=$SUBSETS" "${mp[@]}"
+      --set "batch_size=$BATCH" --set "gan.subset_schedule=$SUBSETS" --set "gan.lambda_paired=$PAIRED" "${mp[@]}"
 fi
 if [ ! -f "$OUT/eval/results.json" ]; then
   echo "== $(date -u +%FT%TZ) evaluate"

@@ -254,6 +254,14 @@ def generator_loss(s, t3, cyc_s, cyc_t, d_s_fake, d_t_fake, *, lambda_cycle: flo
     return lambda_cycle * cyc + adv, cyc, adv
 
 
+def paired_l1(t3, fake_t, weights=None):
+    """Paired term ``mean|T3 - G1(S)|`` over the samples whose ``weights`` ``(B,)`` are 1: the
+    synthetic target against the aligned real one (spec D9 pairing). Not in the paper or the
+    released code (spec §6: "no direct paired L1 term"); the recipe's ``gan.lambda_paired``
+    (default 0) weights it, as the L1 term of pix2pix (Isola et al., CVPR 2017, eq. 3-4, λ = 100)."""
+    return weighted_mean(tf.abs(tf.cast(t3, tf.float32) - tf.cast(fake_t, tf.float32)), weights)
+
+
 def supports(code: Sequence[int], available):
     """``(B,)`` float 1/0: the sample has every source of the subset ``code`` (its
     ``available`` ``(B, C)`` row covers the code), so it trains that subset (spec §3)."""
@@ -263,6 +271,10 @@ def supports(code: Sequence[int], available):
 
 
 # --- the trainer -------------------------------------------------------------------------------
+#: What :class:`DiamondGANTrainer` logs per epoch, in the order ``_subset_step`` returns them.
+METRICS = ("loss", "cycle", "adversarial", "d_s_loss", "d_t_loss", "paired")
+
+
 class DiamondGANTrainer(keras.Model):
     """G1, G2, D_S, D_T with their pools and optimisers; ``train_step`` is spec §7.
 
@@ -279,12 +291,14 @@ class DiamondGANTrainer(keras.Model):
         subset_masking: a sample trains a subset only if it has all of the subset's sources
             (:func:`supports`; spec §3); False: every sample trains every subset, its missing
             sources set to -1 (the behaviour before issue 18).
+        lambda_paired: weight of :func:`paired_l1` added to the generator loss (0: the paper
+            and the released code).
         seed: seeds pools and the subset draw.
     """
 
     def __init__(self, g1, g2, d_s, d_t, codes, conditions, optimizers, *, lambda_cycle: float = 10.0,
                  real_label: float = 0.95, pool_size: int = 25, subset_schedule: str = "all", seed: int = 0,
-                 subset_masking: bool = True, **kwargs):
+                 subset_masking: bool = True, lambda_paired: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if subset_schedule not in ("all", "random_one"):
             raise errors.RecipeError(f"subset_schedule must be 'all' or 'random_one', got {subset_schedule!r}")
@@ -293,6 +307,7 @@ class DiamondGANTrainer(keras.Model):
         self.conditions = np.asarray(conditions, np.float32)
         self.g_optimizer, self.ds_optimizer, self.dt_optimizer = optimizers
         self.lambda_cycle = float(lambda_cycle)
+        self.lambda_paired = float(lambda_paired)
         self.real_label = float(real_label)
         self.subset_schedule = subset_schedule
         self.subset_masking = bool(subset_masking)
@@ -300,7 +315,7 @@ class DiamondGANTrainer(keras.Model):
         self.pool_s = ImagePool(pool_size, shape, seed, name="pool_s")
         self.pool_t = ImagePool(pool_size, shape, seed + 1, name="pool_t")
         self.subset_seed = keras.random.SeedGenerator(seed + 2)
-        self.trackers = {k: keras.metrics.Mean(name=k) for k in ("loss", "cycle", "adversarial", "d_s_loss", "d_t_loss")}
+        self.trackers = {k: keras.metrics.Mean(name=k) for k in METRICS}
 
     @property
     def metrics(self):
@@ -361,14 +376,18 @@ class DiamondGANTrainer(keras.Model):
             total, cyc, adv = generator_loss(s, t3, cyc_s, cyc_t, self.d_s(fake_s, training=False),
                                              self.d_t(fake_t, training=False),
                                              lambda_cycle=self.lambda_cycle, real_label=r, weights=w)
+            paired = paired_l1(t3, fake_t, w)
+            if self.lambda_paired:
+                total = total + self.lambda_paired * paired
             scaled = self.g_optimizer.scale_loss(total * scale)
         grads = tape.gradient(scaled, g_vars)
         self.g_optimizer.apply_gradients(zip(grads, g_vars))
-        return total, cyc, adv, ds_loss, dt_loss
+        return total, cyc, adv, ds_loss, dt_loss, paired
 
     def train_step(self, data):
         """Spec §7 iteration on one batch; logs ``loss`` (generator), ``cycle``,
-        ``adversarial``, ``d_s_loss``, ``d_t_loss`` (means over the epoch)."""
+        ``adversarial``, ``d_s_loss``, ``d_t_loss`` and ``paired`` (:func:`paired_l1`, logged
+        whatever its weight; means over the epoch)."""
         s_full, t3, avail = data[0]  # (x, y) from fit; (x, y, sample_weight) from train_on_batch
         if self.subset_schedule == "all":
             results = [self._subset_step(s_full, t3, avail, k) for k in range(len(self.codes))]
@@ -376,7 +395,7 @@ class DiamondGANTrainer(keras.Model):
             pick = tf.cast(keras.random.randint((), 0, len(self.codes), seed=self.subset_seed), tf.int32)
             results = [tf.switch_case(pick, [lambda k=k: self._subset_step(s_full, t3, avail, k)
                                              for k in range(len(self.codes))])]
-        for name, values in zip(("loss", "cycle", "adversarial", "d_s_loss", "d_t_loss"), zip(*results)):
+        for name, values in zip(METRICS, zip(*results)):
             self.trackers[name].update_state(tf.add_n(list(values)) / len(values))
         return {k: m.result() for k, m in self.trackers.items()}
 
@@ -404,7 +423,8 @@ def build(card: ModelCard, variant: str, recipe: Mapping[str, Any], member: int,
     model = DiamondGANTrainer(g1, g2, d_s, d_t, codes, conditions, opts,
                               lambda_cycle=float(gan["lambda_cycle"]), real_label=float(gan["real_label"]),
                               pool_size=int(gan["pool_size"]), subset_schedule=gan["subset_schedule"], seed=seed,
-                              subset_masking=bool(gan.get("subset_masking", True)))
+                              subset_masking=bool(gan.get("subset_masking", True)),
+                              lambda_paired=float(gan.get("lambda_paired", 0.0)))
     model.build_all()
     model.compile(optimizer=model.g_optimizer, run_eagerly=bool(gan.get("run_eagerly", False)))
     return g1, model
