@@ -178,6 +178,27 @@ def test_margins_command_prints_both_baselines(tmp_path, capsys):
         main(["evaluate", "--weights", str(tmp_path)])  # no --holdout
 
 
+def test_card_rows_are_recomputable_from_the_table(tmp_path):
+    """Every measured row names its cases, and :func:`zoo.training.card_rows.check` recomputes it;
+    a typed number is caught."""
+    from zoo.training import card_rows as rows_mod
+    from zoo.training.synthesis_heldout import card_rows
+
+    (tmp_path / "training" / "results").mkdir(parents=True)
+    _margin_table().to_csv(tmp_path / "training" / "results" / "t.csv", index=False)
+    measured, comparisons = card_rows(_margin_table(), "training/results/t.csv", {"variant": "flair"})
+    # t1+t2: model, linear, identity; t1: model, linear, identity; 3 metrics each
+    assert len(measured) == 18 and all(r["variant"] == "flair" and r["split_type"] == "test" for r in measured)
+    first = measured[0]
+    assert (first["name"], first["value"], first["n"], first["cases"]) == (
+        "psnr_db", 19.0, 2, {"subset": "t1+t2", "method": "model"})
+    assert "BASELINE" in measured[3]["subset"] and "BASELINE" not in first["subset"]
+    assert all(rows_mod.check(r, tmp_path) == [] for r in measured)
+    assert rows_mod.check({**first, "value": 19.5}, tmp_path)
+    assert [(c["subset"], c["baseline"]) for c in comparisons] == [
+        ("t1+t2", "linear"), ("t1", "linear"), ("t1+t2", "identity"), ("t1", "identity")]
+
+
 def test_card_margins_match_the_committed_table():
     """The diamondgan card's comparisons (model minus baseline per subset) are what
     :func:`margins` computes from the committed held-out table."""

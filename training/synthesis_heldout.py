@@ -8,6 +8,8 @@ same slices (issue 18, spec ``diamondgan.md`` §9, ``metrics.md`` §5).
         --holdout patient07 --holdout tcga_fg_6692 --holdout 110218 \
         --weights runs/diamondgan-i18 -o runs/diamondgan-i18-eval
     python -m zoo.training.synthesis_heldout margins training/results/diamondgan_heldout.csv
+    python -m zoo.training.synthesis_heldout card-rows training/results/diamondgan_heldout.csv \
+        --set "command=..." --set "dataset=..."
 
 ``margins`` prints, per input subset, the model's mean minus each baseline's over the held-out
 subjects (:func:`margins`; issue 18's release rule: the model beats the linear baseline on PSNR
@@ -270,6 +272,44 @@ def margins(table, baseline: str = "linear") -> list[dict[str, Any]]:
     return out
 
 
+#: How the card names each method's rows (``subset`` text after the input subset).
+METHOD_TEXT = {
+    "model": "synthetic FLAIR (G1)",
+    "linear": "BASELINE, not the model: least-squares linear fit of FLAIR on the sources, fitted on the training subjects",
+    "identity": "BASELINE, not the model: the source contrast closest to FLAIR on the training subjects, as it is",
+}
+
+
+def card_rows(table, table_path: str, common: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
+    """The card's ``metrics.measured`` and ``metrics.comparisons`` rows of a held-out table.
+
+    Args:
+        table: the evaluation's ``table.csv`` (pandas DataFrame).
+        table_path: where the table is committed (repository-relative), named by every row so
+            that tests recompute them (:func:`zoo.training.card_rows.check`, :func:`margins`).
+        common: fields of every measured row (``variant``, ``dataset``, ``command``, ...).
+    Returns:
+        ``(measured, comparisons)``: per subset (:data:`SUBSETS` order) and method (model,
+        linear, identity) the means of PSNR, SSIM and MAE over the held-out subjects that have
+        the subset (with SD and n); then per baseline and subset the :func:`margins` row.
+    """
+    from zoo.training.card_rows import rows
+
+    measured = []
+    for sub in SUBSETS:
+        name = "+".join(sub)
+        for method in ("model", "linear", "identity"):
+            if table[(table["subset"] == name) & (table["method"] == method)].empty:
+                continue
+            label = f"from {' + '.join(c.upper() for c in sub)}: {METHOD_TEXT[method]}"
+            measured += rows(table, list(HIGHER_IS_BETTER), None,
+                             {"split_type": "test", **common, "subset": label, "table": table_path},
+                             where={"subset": name, "method": method}, statistic="mean over the held-out subjects")
+    comparisons = [{"what": f"model minus {m['baseline']} baseline, {m['subset']}", "table": table_path, **m}
+                   for baseline in ("linear", "identity") for m in margins(table, baseline)]
+    return measured, comparisons
+
+
 def write_panel(path: Path, shown: Mapping[str, Any], channels: Sequence[str], n_rows: int = 3) -> Path:
     """PNG of ``n_rows`` slices (spread over the half of the slices with the most brain) x
     columns T1, T2, real FLAIR, synthetic FLAIR, linear baseline, |synthetic - real| (the error
@@ -328,14 +368,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zoo.training.synthesis_eval import _overrides
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("train", "evaluate", "margins"))
-    ap.add_argument("table", nargs="?", default=None, help="margins: the evaluation's table.csv")
+    ap.add_argument("command", choices=("train", "evaluate", "margins", "card-rows"))
+    ap.add_argument("table", nargs="?", default=None, help="margins, card-rows: the evaluation's table.csv")
     ap.add_argument("--shared", default="../shared/data")
     ap.add_argument("--holdout", action="append", default=[])
     ap.add_argument("--out", default="runs/diamondgan-i18")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--steps-per-epoch", type=int)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="train: a recipe override; card-rows: a field of every measured row")
     ap.add_argument("--mixed-precision", default=None)
     ap.add_argument("--weights", default=None)
     ap.add_argument("--max-slices", type=int, default=None)
@@ -350,6 +391,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for baseline in ("linear", "identity"):
             for row in margins(table, baseline):
                 print(json.dumps(row))
+        return 0
+    if a.command == "card-rows":
+        import pandas as pd
+        import yaml
+
+        if not a.table:
+            ap.error("card-rows needs the committed table.csv")
+        measured, comparisons = card_rows(pd.read_csv(a.table), a.table, dict(kv.split("=", 1) for kv in a.set))
+        for head, items in (("measured", measured), ("comparisons", comparisons)):
+            print(f"  {head}:")
+            for row in items:
+                print("    - " + yaml.safe_dump(row, default_flow_style=True, sort_keys=False, width=10**6).strip())
         return 0
     if not a.holdout:
         ap.error(f"{a.command} needs at least one --holdout")
