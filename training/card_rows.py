@@ -79,6 +79,14 @@ def rows(table, metrics: Sequence[str], by: str | None, common: Mapping[str, Any
     return out
 
 
+def yaml_item(row: Mapping[str, Any]) -> str:
+    """One card row as the flow-style YAML list item of a card's metric list (one line, keys in
+    their order, 4-space indent)."""
+    import yaml
+
+    return "    - " + yaml.safe_dump(dict(row), default_flow_style=True, sort_keys=False, width=10**6).strip()
+
+
 def _cases(table, cases: Mapping[str, Any]):
     """The rows of ``table`` whose columns hold the values of ``cases`` (compared as text)."""
     for column, value in cases.items():
@@ -103,7 +111,6 @@ def check(row: Mapping[str, Any], root: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     import pandas as pd
-    import yaml
 
     p = argparse.ArgumentParser(prog="python -m zoo.training.card_rows", description=__doc__.split("\n\n")[0])
     p.add_argument("table", type=Path, help="per-case metrics.csv of a cross-validation")
@@ -119,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = dict(kv.split("=", 1) for kv in args.where)
     for row in rows(pd.read_csv(args.table), args.metric, args.by, common, order=args.order, where=where,
                      statistic=args.statistic):
-        print("    - " + yaml.safe_dump(row, default_flow_style=True, sort_keys=False, width=10**6).strip())
+        print(yaml_item(row))
     return 0
 
 

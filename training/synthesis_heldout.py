@@ -394,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if a.command == "card-rows":
         import pandas as pd
-        import yaml
+
+        from zoo.training.card_rows import yaml_item
 
         if not a.table:
             ap.error("card-rows needs the committed table.csv")
@@ -402,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for head, items in (("measured", measured), ("comparisons", comparisons)):
             print(f"  {head}:")
             for row in items:
-                print("    - " + yaml.safe_dump(row, default_flow_style=True, sort_keys=False, width=10**6).strip())
+                print(yaml_item(row))
         return 0
     if not a.holdout:
         ap.error(f"{a.command} needs at least one --holdout")
