@@ -213,3 +213,44 @@ def test_card_margins_match_the_committed_table():
     for r in rows:
         found = {m["subset"]: m for m in margins(pd.read_csv(repo / r["table"]), r["baseline"])}[r["subset"]]
         assert {k: r[k] for k in found} == found, r["what"]
+
+
+def test_init_continues_patch_weights_on_whole_slices(tmp_path):
+    """``train --init``: G1 weights trained on patches start a whole-slice (240x240) G1 (fully
+    convolutional); G2 and the discriminators start fresh."""
+    import zoo
+    from zoo import weights as weights_mod
+    from zoo.training.recipe import load_recipe
+    from zoo.training.tasks import gan_synthesis
+
+    card = zoo.card("diamondgan").with_options({"n_res_blocks": 1})
+    patch = load_recipe("diamondgan", "flair", {"data": {"patch_size": 32}, "batch_size": 1, "gan": {"pool_size": 1}})
+    g1_patch, _ = gan_synthesis.build(card, "flair", patch, 0, 1)
+    weights_mod.save_weights(g1_patch, tmp_path / "member0.npz")
+    whole = load_recipe("diamondgan", "flair", {"data": {"patch_size": None}, "batch_size": 1, "gan": {"pool_size": 1}})
+    g1, trainer = gan_synthesis.build(card, "flair", whole, 0, 2, init_weights=tmp_path / "member0.npz")
+    assert g1.input["sources"].shape[1:3] == (240, 240)
+    for a, b in zip(g1.weights, g1_patch.weights):  # the run's member0.npz is float16
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(np.float16).astype(np.float32))
+    fresh, _ = gan_synthesis.build(card, "flair", whole, 0, 2)
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(fresh.weights, g1.weights))
+
+
+def test_train_command_passes_init(tmp_path, monkeypatch, capsys):
+    from zoo.training import synthesis_data, trainer
+    from zoo.training.synthesis_heldout import main
+
+    seen = {}
+
+    def fake_train(card, recipe, subjects, out, **kwargs):
+        seen.update(kwargs, subjects=[s.id for s in subjects], patch=recipe["data"]["patch_size"])
+        return {"members": [{"history": {}}]}
+
+    subjects = [Subject(i, {}, None, "x", {}) for i in ("a", "b", "c")]
+    monkeypatch.setattr(synthesis_data, "synthesis_subjects", lambda shared: subjects)
+    monkeypatch.setattr(trainer, "train", fake_train)
+    assert main(["train", "--holdout", "b", "--out", str(tmp_path), "--set", "data.patch_size=null",
+                 "--init", "p1/member0.npz"]) == 0
+    assert seen["init_from"] == ["p1/member0.npz"] and seen["subjects"] == ["a", "c"] and seen["patch"] is None
+    assert main(["train", "--holdout", "b", "--out", str(tmp_path)]) == 0
+    assert seen["init_from"] is None

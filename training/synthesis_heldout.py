@@ -351,9 +351,15 @@ def write_panel(path: Path, shown: Mapping[str, Any], channels: Sequence[str], n
 
 
 def train(shared: str | Path, holdouts: Sequence[str], out: str | Path, *, epochs: int | None, steps: int | None,
-          overrides: Mapping[str, Any], command: str, mixed_precision: str | None = None) -> dict[str, Any]:
+          overrides: Mapping[str, Any], command: str, mixed_precision: str | None = None,
+          init: str | Path | None = None) -> dict[str, Any]:
     """Train the flair variant on every synthesis subject except ``holdouts`` (resumable: the
-    engine's BackupAndRestore in ``out``)."""
+    engine's BackupAndRestore in ``out``).
+
+    ``init``: G1 weights to start from (a run's ``member0.npz``; e.g. a patch-trained
+    run continued on whole slices: G1 is fully convolutional). G2, D_S, D_T and the optimiser
+    states start fresh, as in the engine's fine-tuning (``trainer.train(init_from=...)``).
+    """
     from zoo.training.recipe import load_recipe
     from zoo.training.synthesis_data import synthesis_subjects
     from zoo.training.trainer import train as run_train
@@ -361,7 +367,8 @@ def train(shared: str | Path, holdouts: Sequence[str], out: str | Path, *, epoch
     rec = load_recipe("diamondgan", "flair", dict(overrides))
     subjects = [s for s in synthesis_subjects(shared) if s.id not in set(holdouts)]
     return run_train(registry.card("diamondgan"), rec, subjects, out, epochs=epochs, steps_per_epoch=steps,
-                     command=command, mixed_precision=mixed_precision, verbose=2)
+                     command=command, mixed_precision=mixed_precision, init_from=[init] if init else None,
+                     verbose=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -379,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="train: a recipe override; card-rows: a field of every measured row")
     ap.add_argument("--mixed-precision", default=None)
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--init", default=None, help="train: G1 weights to start from (a run's member0.npz)")
     ap.add_argument("--max-slices", type=int, default=None)
     ap.add_argument("-o", "--output", default="runs/diamondgan-i18-eval")
     a = ap.parse_args(argv)
@@ -410,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["python -m zoo.training.synthesis_heldout", *(argv if argv is not None else sys.argv[1:])])
     if a.command == "train":
         rec = train(a.shared, a.holdout, a.out, epochs=a.epochs, steps=a.steps_per_epoch,
-                    overrides=_overrides(a.set), command=command, mixed_precision=a.mixed_precision)
+                    overrides=_overrides(a.set), command=command, mixed_precision=a.mixed_precision,
+                    init=a.init)
         print(json.dumps(rec["members"][0]["history"], indent=1))
         return 0
     result = evaluate_heldout(a.shared, a.holdout, a.weights, a.output, max_slices=a.max_slices)

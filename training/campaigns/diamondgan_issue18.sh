@@ -15,7 +15,11 @@
 # PAIRED (gan.lambda_paired: weight of the paired L1 term |T3 - G1(S)|; 0 = the paper and the
 # released code, the recipe's default; 100 = pix2pix's L1 weight),
 # PRECISION (auto: float32, or mixed_bfloat16 where the CPU has AVX512-BF16/AMX and
-# benchmarks/gan_step_cost.py measures it cheaper; or float32 | mixed_bfloat16 | mixed_float16 as given).
+# benchmarks/gan_step_cost.py measures it cheaper; or float32 | mixed_bfloat16 | mixed_float16 as given),
+# WHOLE_EPOCHS (default 0): after the patch phase (then in $OUT/phase1), G1 goes on for
+# WHOLE_EPOCHS x STEPS_PER_EPOCH more steps on whole 240x240 slices (--init; fresh G2, D_S, D_T),
+# so that its instance normalisation sees at training what it sees at inference (whole slices,
+# background included); the budget counts both phases.
 set -euo pipefail
 OUT=${OUT:-runs/diamondgan-i18}
 DATA=${DATA:-../shared/data}
@@ -23,6 +27,7 @@ PATCH=${PATCH:-128}
 EPOCHS=${EPOCHS:-40}
 STEPS_PER_EPOCH=${STEPS_PER_EPOCH:-100}
 PRECISION=${PRECISION:-auto}
+WHOLE_EPOCHS=${WHOLE_EPOCHS:-0}
 BATCH=${BATCH:-5}
 SUBSETS=${SUBSETS:-all}
 PAIRED=${PAIRED:-0}
@@ -30,14 +35,21 @@ PY=${PY:-python}
 HOLD=(--holdout patient07 --holdout tcga_fg_6692 --holdout 110218 --holdout 105755)
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 steps=$((EPOCHS * STEPS_PER_EPOCH))
-[ "$steps" -ge 4000 ] || { echo "EPOCHS x STEPS_PER_EPOCH = $steps < 4000 (issue 18 budget)"; exit 2; }
+whole_steps=$((WHOLE_EPOCHS * STEPS_PER_EPOCH))
+total=$((steps + whole_steps))
+[ "$total" -ge 4000 ] || { echo "(EPOCHS + WHOLE_EPOCHS) x STEPS_PER_EPOCH = $total < 4000 (issue 18 budget)"; exit 2; }
 mkdir -p "$OUT"
 out_abs="$(cd "$OUT" && pwd)"
+first="$OUT"; [ "$WHOLE_EPOCHS" -gt 0 ] && first="$OUT/phase1"
 source "$(dirname "$0")/precision.sh"
 precision_candidates "$PRECISION"
 if [ ! -f "$OUT/cost.txt" ]; then
   (cd benchmarks && $PY gan_step_cost.py --batch "$BATCH" --size "$PATCH" --steps 3 --subset-schedule "$SUBSETS" --total-steps "$steps" \
       "${candidates[@]}" --json "$out_abs/cost.json") | tee "$OUT/cost.txt.tmp"
+  if [ "$WHOLE_EPOCHS" -gt 0 ]; then
+    (cd benchmarks && $PY gan_step_cost.py --batch "$BATCH" --size 240 --steps 3 --subset-schedule "$SUBSETS" --total-steps "$whole_steps" \
+        "${candidates[@]}") | tee -a "$OUT/cost.txt.tmp"
+  fi
   mv "$OUT/cost.txt.tmp" "$OUT/cost.txt"
 else
   cat "$OUT/cost.txt"
@@ -45,11 +57,16 @@ fi
 PRECISION=$(chosen_precision "$PRECISION" "$OUT/cost.json")
 echo "== $(date -u +%FT%TZ) precision: $PRECISION"
 mp=(); [ "$PRECISION" != float32 ] && mp=(--mixed-precision "$PRECISION")
-if [ ! -f "$OUT/member0.npz" ]; then
-  echo "== $(date -u +%FT%TZ) train ($steps steps)"
-  $PY -m zoo.training.synthesis_heldout train --shared "$DATA" "${HOLD[@]}" --out "$OUT" \
-      --epochs "$EPOCHS" --steps-per-epoch "$STEPS_PER_EPOCH" --set "data.patch_size=$PATCH" \
-      --set "batch_size=$BATCH" --set "gan.subset_schedule=$SUBSETS" --set "gan.lambda_paired=$PAIRED" "${mp[@]}"
+common=(--shared "$DATA" "${HOLD[@]}" --steps-per-epoch "$STEPS_PER_EPOCH" --set "batch_size=$BATCH"
+        --set "gan.subset_schedule=$SUBSETS" --set "gan.lambda_paired=$PAIRED" "${mp[@]}")
+if [ ! -f "$first/member0.npz" ]; then
+  echo "== $(date -u +%FT%TZ) train ($steps steps, ${PATCH}px patches)"
+  $PY -m zoo.training.synthesis_heldout train "${common[@]}" --out "$first" --epochs "$EPOCHS" --set "data.patch_size=$PATCH"
+fi
+if [ "$WHOLE_EPOCHS" -gt 0 ] && [ ! -f "$OUT/member0.npz" ]; then
+  echo "== $(date -u +%FT%TZ) train ($whole_steps steps, whole 240x240 slices, from $first/member0.npz)"
+  $PY -m zoo.training.synthesis_heldout train "${common[@]}" --out "$OUT" --epochs "$WHOLE_EPOCHS" \
+      --set "data.patch_size=null" --init "$first/member0.npz"
 fi
 if [ ! -f "$OUT/eval/results.json" ]; then
   echo "== $(date -u +%FT%TZ) evaluate"
