@@ -359,4 +359,4 @@ def test_card_schema_requires_output_channel_for_synthesis():
 
 def test_load_without_weights_says_so():
     with pytest.raises(errors.WeightsNotAvailableError, match="ships no trained weights"):
-        zoo.load("diamondgan")
+        zoo.load("diamondgan", variant="dir")
