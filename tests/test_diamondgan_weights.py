@@ -11,6 +11,7 @@ import pytest
 
 import zoo
 from tests.conftest import axial_slab
+from zoo.entries.diamondgan import score
 from zoo.training.datasets import Subject
 
 pytestmark = pytest.mark.realdata
@@ -43,7 +44,5 @@ def test_shipped_generator_on_a_held_out_subject(slab):
     np.testing.assert_allclose(out.affine, ref.affine, atol=1e-6)
     syn = np.asarray(out.dataobj)
     assert 0.0 <= syn.min() and syn.max() <= 1.0
-    from zoo.entries.diamondgan import score
-
-    m = score(Subject("patient07", {k: v for k, v in slab.items()}, None, "mni", {}), pred, model)
+    m = score(Subject("patient07", dict(slab), None, "mni", {}), pred, model)
     assert m["psnr_db_brain"] >= PSNR_MIN and m["ssim_brain"] >= SSIM_MIN, m
